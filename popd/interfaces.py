@@ -1,0 +1,91 @@
+"""
+The interfaces between the POP3 protocol and the stores that hold mail.
+
+A store is anything whose realm hands out an L{IMaildrop} avatar: popd ships a Maildir store
+(L{popd.maildir}) and an in-memory one (L{popd.memory}); applications bring their own (a database,
+an API).  Message indices are 0-based here; the protocol alone converts them to the 1-based message
+numbers of the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Collection, NamedTuple, Sequence
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+
+class MessageInfo(NamedTuple):
+    """
+    What the protocol knows of one message before it is read.
+
+    @ivar size: the size in octets as transmitted (RFC 1939 section 11): every line end a CRLF,
+        a final CRLF supplied when the stored message lacks one, before byte-stuffing.
+    @ivar uidl: the unique-id listing, 1 to 70 octets in 0x21-0x7E, stable for the life of the
+        message and never reused (RFC 1939 section 7).
+    """
+
+    size: int
+    uidl: bytes
+
+
+class IMessage(Interface):
+    """
+    One message opened for reading: a stream of its stored octets.
+
+    The stored octets may use LF or CRLF line ends; the protocol converts and byte-stuffs them.
+    """
+
+    def read(size: int) -> Deferred[bytes]:
+        """
+        Read up to C{size} octets.
+
+        @return: a L{Deferred} firing with the next octets, or C{b""} at the end of the message.
+        """
+
+    def close() -> None:
+        """
+        Release whatever the stream holds (a file descriptor, a cursor).  Idempotent.
+        """
+
+
+class IMaildrop(Interface):
+    """
+    One user's maildrop, opened and exclusively locked for one POP3 session.
+
+    The realm that hands out an L{IMaildrop} has already taken its lock: it fails with
+    L{popd.errors.MaildropInUse} when another session holds it.  Every method that may touch
+    storage returns a L{Deferred} so that remote stores fit; local stores fire it at once.
+    """
+
+    def listing() -> Deferred[Sequence[MessageInfo]]:
+        """
+        List the maildrop.  The protocol calls this once per session: its order fixes the
+        message numbers (RFC 1939 section 4), and mail delivered later is not part of it.
+
+        @return: a L{Deferred} firing with one L{MessageInfo} per message, in delivery order.
+        """
+
+    def open(index: int) -> Deferred[IMessage]:
+        """
+        Open the message at C{index} (0-based, into the listing) for reading.
+
+        @return: a L{Deferred} firing with an L{IMessage}, or failing with
+            L{popd.errors.MessageGone} when another agent removed the message.
+        """
+
+    def commit(deleted: Collection[int]) -> Deferred[Collection[int]]:
+        """
+        Enter the UPDATE state: remove exactly the messages at these indices.  A message that is
+        already gone counts as removed.
+
+        @return: a L{Deferred} firing with the indices that could not be removed (empty when all
+            were), or failing with L{popd.errors.TemporaryFailure} or
+            L{popd.errors.PermanentFailure} when nothing could be attempted.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Release the lock.  Never removes anything; called once at the end of every session,
+        whether it committed or not.
+        """

@@ -1,0 +1,788 @@
+"""
+The POP3 server protocol (RFC 1939, with CAPA and RESP-CODES from RFC 2449, STLS from RFC 2595)
+and its factory.
+
+The protocol owns the session: its state, the message numbers, the deletion marks.  It reads mail
+only through L{IMaildrop} and authenticates only through a C{twisted.cred} portal, so it knows
+nothing of where mail or users live.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import secrets
+import socket
+import time
+from typing import Any, Callable, Sequence, cast
+
+from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, UsernamePassword
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.interfaces import (
+    IConsumer,
+    IOpenSSLServerConnectionCreator,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ITCPTransport,
+    ITLSTransport,
+    ITransport,
+)
+from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from popd._wire import MessageEncoder, parseNumber
+from popd.credentials import APOPCredentials
+from popd.errors import MaildropInUse, MessageGone, PermanentFailure, TemporaryFailure
+from popd.interfaces import IMaildrop, IMessage, MessageInfo
+
+#: How much of a message is read from the store at a time.
+CHUNK_SIZE = 64 * 1024
+
+
+class State(enum.Enum):
+    """
+    The states of a POP3 session (RFC 1939 section 3).
+    """
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+class Response:
+    """
+    The fixed texts of responses.  Free text never starts with C{[}, which would read as a
+    response code (RFC 2449 section 8, rule R27), and never echoes what the client sent.
+    """
+
+    UNKNOWN = b"-ERR Unknown command."
+    WRONG_STATE = b"-ERR Command not valid in this state."
+    SYNTAX = b"-ERR Syntax error."
+    LINE_TOO_LONG = b"-ERR Line too long."
+    NUL = b"-ERR NUL octets are not allowed."
+    TOO_MANY_BAD = b"-ERR Too many bad commands; closing the connection."
+    NO_SUCH_MESSAGE = b"-ERR No such message."
+    DELETED = b"-ERR Message already deleted."
+    GONE = b"-ERR Message was removed by another agent."
+    USER_FIRST = b"-ERR Send USER first."
+    AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
+    TOO_MANY_FAILURES = b"-ERR [AUTH] Too many authentication failures; closing the connection."
+    CLEARTEXT_DISABLED = b"-ERR [AUTH] Plaintext authentication is disallowed without TLS."
+    IN_USE = b"-ERR [IN-USE] Maildrop is locked by another session."
+    SYS_TEMP = b"-ERR [SYS/TEMP] Temporary server failure; try again later."
+    SYS_PERM = b"-ERR [SYS/PERM] Permanent server failure; contact your administrator."
+    NOT_REMOVED = b"-ERR [SYS/TEMP] Some deleted messages were not removed."
+    TLS_ACTIVE = b"-ERR TLS is already active."
+    TLS_BEGIN = b"+OK Begin TLS negotiation."
+    OK = b"+OK"
+    BYE = b"+OK Bye."
+
+
+def _isLoopback(address: object) -> bool:
+    """
+    Whether a peer address is this host: such a connection cannot be eavesdropped on.
+    """
+    if isinstance(address, UNIXAddress):
+        return True
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        try:
+            return ipaddress.ip_address(address.host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+    return False
+
+
+@implementer(IPushProducer)
+class _MessageSender:
+    """
+    Streams one message from the store to the transport, encoding it on the way, and honours
+    back-pressure: memory stays flat for any message size.
+    """
+
+    def __init__(
+        self,
+        transport: ITransport,
+        message: IMessage,
+        encoder: MessageEncoder,
+        progress: Callable[[int], None],
+    ) -> None:
+        self._transport = transport
+        self._message = message
+        self._encoder = encoder
+        self._progress = progress
+        self._paused = False
+        self._reading = False
+        self._looping = False
+        self._finished = False
+        self.done: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        """
+        Start streaming.
+
+        @return: a L{Deferred} that fires once the terminator is written, or fails when the
+            store failed mid-message (nothing can be said to the client then).
+        """
+        cast(IConsumer, self._transport).registerProducer(self, True)
+        self._readNext()
+        return self.done
+
+    def _readNext(self) -> None:
+        # A loop, not recursion: stores that answer at once must not deepen the stack.
+        self._looping = True
+        try:
+            while not (self._paused or self._finished or self._reading):
+                self._reading = True
+                self._message.read(CHUNK_SIZE).addCallbacks(self._received, self._failed)
+        finally:
+            self._looping = False
+
+    def _received(self, chunk: bytes) -> None:
+        self._reading = False
+        if self._finished:
+            return
+        if chunk:
+            encoded = self._encoder.encode(chunk)
+            if encoded:
+                self._transport.write(encoded)
+                self._progress(len(encoded))
+        if not chunk or self._encoder.done:
+            self._transport.write(self._encoder.finish())
+            self._end()
+            self.done.callback(None)
+        elif not self._looping:
+            self._readNext()
+
+    def _failed(self, reason: Failure) -> None:
+        self._reading = False
+        if not self._finished:
+            self._end()
+            self.done.errback(reason)
+
+    def _end(self) -> None:
+        self._finished = True
+        self._message.close()
+        cast(IConsumer, self._transport).unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._readNext()
+
+    def stopProducing(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._message.close()
+
+
+class _SessionStatistics:
+    """
+    What a session did, for its summary log line.
+    """
+
+    def __init__(self) -> None:
+        self.retrieved = 0
+        self.topped = 0
+        self.deleted = 0
+        self.octetsSent = 0
+        self.outcome = "disconnected"
+
+
+class POP3ServerProtocol(LineReceiver, TimeoutMixin):
+    """
+    One POP3 session.
+
+    Each state has a whitelist of commands; a command whose work is asynchronous pauses the
+    reading of further lines until it has answered, so pipelined commands (RFC 2449 section 6.6)
+    are answered completely and in order.
+    """
+
+    # Lines end with CRLF; a bare LF is accepted too, and the CR stripped.
+    delimiter = b"\n"
+    _log = Logger()
+    factory: POP3ServerFactory
+
+    def __init__(self) -> None:
+        self.state = State.AUTHORIZATION
+        self._user: bytes | None = None
+        self._maildrop: IMaildrop | None = None
+        self._logout: Callable[[], None] | None = None
+        self._listing: Sequence[MessageInfo] = ()
+        self._deleted: set[int] = set()
+        self._highestAccessed = 0
+        self._secure = False
+        self._apopTimestamp: bytes | None = None
+        self._authFailures = 0
+        self._badCommands = 0
+        self._gone = False
+        self._commandPending = False
+        self._discardingLongLine = False
+        self._overflow: bytes | None = None
+        self._sender: _MessageSender | None = None
+        self._started = 0.0
+        self._statistics = _SessionStatistics()
+        self._commands: dict[State, dict[bytes, Callable[[bytes], Deferred[Any] | None]]] = {
+            State.AUTHORIZATION: {
+                b"USER": self.do_USER,
+                b"PASS": self.do_PASS,
+                b"APOP": self.do_APOP,
+                b"STLS": self.do_STLS,
+                b"CAPA": self.do_CAPA,
+                b"QUIT": self.do_QUIT,
+            },
+            State.TRANSACTION: {
+                b"STAT": self.do_STAT,
+                b"LIST": self.do_LIST,
+                b"RETR": self.do_RETR,
+                b"TOP": self.do_TOP,
+                b"DELE": self.do_DELE,
+                b"NOOP": self.do_NOOP,
+                b"RSET": self.do_RSET,
+                b"UIDL": self.do_UIDL,
+                b"CAPA": self.do_CAPA,
+                b"QUIT": self.do_QUIT,
+            },
+            State.UPDATE: {},
+        }
+
+    # Connection life
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.MAX_LENGTH = factory.maxLineLength - 1
+        self._started = factory.reactor.seconds()
+        self._secure = ISSLTransport.providedBy(self.transport)
+        if ITCPTransport.providedBy(self.transport):
+            # Responses are written whole; Nagle's algorithm would only delay them.
+            self._transport.setTcpNoDelay(True)
+        if factory.enableLast:
+            self._commands[State.TRANSACTION][b"LAST"] = self.do_LAST
+        if not factory.canStartTLS(self._transport):
+            del self._commands[State.AUTHORIZATION][b"STLS"]
+        if factory.apopAvailable():
+            self._apopTimestamp = b"<%s.%d@%s>" % (
+                secrets.token_hex(16).encode("ascii"),
+                int(time.time()),
+                factory.hostname,
+            )
+            greeting = b"+OK POP3 server ready " + self._apopTimestamp
+        else:
+            del self._commands[State.AUTHORIZATION][b"APOP"]
+            greeting = b"+OK POP3 server ready."
+        self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
+        self.setTimeout(factory.authorizationTimeout)
+        self.sendLine(greeting)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._gone = True
+        self.setTimeout(None)
+        if self._sender is not None:
+            self._sender.stopProducing()
+        # Any end but QUIT in TRANSACTION removes nothing (rule R24).
+        self._releaseMaildrop()
+        elapsed = self.factory.reactor.seconds() - self._started
+        stats = self._statistics
+        self._log.info(
+            "session end: user={user} peer={peer} tls={tls} outcome={outcome}"
+            " retr={retr} top={top} dele={dele} octets={octets} duration={duration:.3f}s",
+            user=self._user.decode("utf-8", "replace") if self._user is not None else "-",
+            peer=str(self._transport.getPeer()),
+            tls=self._secure,
+            outcome=stats.outcome,
+            retr=stats.retrieved,
+            top=stats.topped,
+            dele=stats.deleted,
+            octets=stats.octetsSent,
+            duration=elapsed,
+        )
+
+    def timeoutConnection(self) -> None:
+        # RFC 1939 section 3: close without a response and without UPDATE (rule R8).
+        self._statistics.outcome = "timeout"
+        self._transport.abortConnection()
+
+    def _releaseMaildrop(self) -> None:
+        maildrop, logout = self._maildrop, self._logout
+        self._maildrop = self._logout = None
+        if maildrop is not None:
+            maildrop.close().addErrback(
+                lambda f: self._log.failure("closing a maildrop", failure=f)
+            )
+        if logout is not None:
+            logout()
+
+    # Framing
+
+    def dataReceived(self, data: bytes) -> None:
+        while True:
+            if self._discardingLongLine:
+                end = data.find(self.delimiter)
+                if end < 0:
+                    return
+                data = data[end + 1 :]
+                self._discardingLongLine = False
+                self._badCommand(Response.LINE_TOO_LONG)
+                if self._closing():
+                    return
+            super().dataReceived(data)
+            if self._overflow is None:
+                return
+            data, self._overflow = self._overflow, None
+            self._discardingLongLine = True
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # Answered once the over-long line has ended; its octets are never buffered.
+        self._overflow = line
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if b"\0" in line:
+            self._badCommand(Response.NUL)
+            return
+        keyword, _, argument = line.partition(b" ")
+        keyword = keyword.upper()
+        command = self._commands[self.state].get(keyword)
+        if command is None:
+            known = any(keyword in table for table in self._commands.values())
+            self._badCommand(Response.WRONG_STATE if known else Response.UNKNOWN)
+            return
+        try:
+            result = command(argument)
+        except Exception:
+            self._log.failure("command {keyword} failed", keyword=keyword.decode("ascii"))
+            self.sendLine(Response.SYS_TEMP)
+            return
+        if result is not None:
+            self._commandPending = True
+            result.addErrback(self._unexpectedFailure).addBoth(self._commandDone)
+            if self._commandPending:
+                # Read no further line until this command has answered (rule R26).
+                self.pauseProducing()
+
+    @property
+    def _transport(self) -> ITCPTransport:
+        """
+        The transport, typed for what this protocol uses of it (TCP, TLS and UNIX transports
+        all provide it).
+        """
+        assert self.transport is not None
+        return cast(ITCPTransport, self.transport)
+
+    def _closing(self) -> bool:
+        """
+        Whether the session is over or ending: an answer that arrives now goes nowhere.
+        """
+        return self._gone or bool(getattr(self._transport, "disconnecting", False))
+
+    def _commandDone(self, ignored: object) -> None:
+        self._commandPending = False
+        if self.paused and not self._closing():
+            self.resumeProducing()
+
+    def _unexpectedFailure(self, reason: Failure) -> None:
+        self._log.failure("command failed", failure=reason)
+        if not self._closing():
+            self.sendLine(Response.SYS_TEMP)
+
+    def _badCommand(self, response: bytes) -> None:
+        """
+        Answer a command that could not be run; too many of them end the session.
+        """
+        self._badCommands += 1
+        if self._badCommands > self.factory.maxBadCommands:
+            self._statistics.outcome = "too many bad commands"
+            self.sendLine(Response.TOO_MANY_BAD)
+            self._transport.loseConnection()
+        else:
+            self.sendLine(response)
+
+    def _sendMultiline(self, first: bytes, lines: Sequence[bytes]) -> None:
+        """
+        Send a multi-line response whose lines need no byte-stuffing (listings).
+        """
+        self._transport.write(b"\r\n".join([first, *lines, b".", b""]))
+
+    # AUTHORIZATION
+
+    def _cleartextAllowed(self) -> bool:
+        return (
+            self._secure
+            or self.factory.allowCleartext
+            or _isLoopback(self._transport.getPeer())
+        )
+
+    def do_USER(self, argument: bytes) -> None:
+        if not self._cleartextAllowed():
+            self._badCommand(Response.CLEARTEXT_DISABLED)
+            return
+        if not argument or b" " in argument:
+            self._badCommand(Response.SYNTAX)
+            return
+        # The same answer for every name: USER must not reveal which mailboxes exist (R14).
+        self._user = argument
+        self.sendLine(Response.OK)
+
+    def do_PASS(self, argument: bytes) -> Deferred[Any] | None:
+        if not self._cleartextAllowed():
+            self._badCommand(Response.CLEARTEXT_DISABLED)
+            return None
+        if self._user is None:
+            self._badCommand(Response.USER_FIRST)
+            return None
+        if not argument:
+            self._badCommand(Response.SYNTAX)
+            return None
+        # The whole rest of the line is the password: it may contain spaces (rule R12).
+        return self._login(UsernamePassword(self._user, argument))
+
+    def do_APOP(self, argument: bytes) -> Deferred[Any] | None:
+        assert self._apopTimestamp is not None
+        name, _, digest = argument.partition(b" ")
+        if not name or len(digest) != 32 or not all(c in b"0123456789abcdef" for c in digest):
+            self._badCommand(Response.SYNTAX)
+            return None
+        self._user = name
+        return self._login(APOPCredentials(self._apopTimestamp, name, digest))
+
+    def _login(self, credentials: ICredentials) -> Deferred[Any]:
+        """
+        Authenticate, lock the maildrop and take its listing; then enter TRANSACTION.
+        """
+        d = self.factory.portal.login(credentials, None, IMaildrop)
+        d.addCallback(self._loggedIn)
+        d.addErrback(self._loginFailed)
+        return d
+
+    def _loggedIn(self, avatar: tuple[object, object, Callable[[], None]]) -> Deferred[None]:
+        _, avatarObject, logout = avatar
+        maildrop = IMaildrop(avatarObject)
+        if self._closing():
+            maildrop.close()
+            logout()
+            return defer.succeed(None)
+        self._maildrop, self._logout = maildrop, logout
+        return maildrop.listing().addCallback(self._listed)
+
+    def _listed(self, listing: Sequence[MessageInfo]) -> None:
+        self._listing = listing
+        self.state = State.TRANSACTION
+        self._statistics.outcome = "logged in"
+        self.setTimeout(self.factory.timeout)
+        self.sendLine(b"+OK Logged in.")
+
+    def _loginFailed(self, reason: Failure) -> Deferred[Any] | None:
+        self._releaseMaildrop()
+        if reason.check(MaildropInUse):
+            self.sendLine(Response.IN_USE)
+            return None
+        if not reason.check(UnauthorizedLogin, LoginFailed):
+            self._log.failure("login failed unexpectedly", failure=reason)
+            self.sendLine(Response.SYS_TEMP)
+            return None
+        self._authFailures += 1
+        self._user = None
+        # The answer comes late, without blocking the reactor, so guessing is slow.
+        delay = self.factory.authFailureDelay
+        return deferLater(self.factory.reactor, delay, self._refuseLogin)
+
+    def _refuseLogin(self) -> None:
+        if self._closing():
+            return
+        if self._authFailures >= self.factory.maxAuthFailures:
+            self._statistics.outcome = "too many authentication failures"
+            self.sendLine(Response.TOO_MANY_FAILURES)
+            self._transport.loseConnection()
+        else:
+            self.sendLine(Response.AUTH_FAILED)
+
+    def do_STLS(self, argument: bytes) -> None:
+        if argument:
+            self._badCommand(Response.SYNTAX)
+            return
+        if self._secure:
+            self._badCommand(Response.TLS_ACTIVE)
+            return
+        self.sendLine(Response.TLS_BEGIN)
+        # Whatever arrived after STLS was sent in cleartext and may have been injected by a
+        # man in the middle: it is dropped, never read as commands (rule R33).
+        self.clearLineBuffer()
+        self._user = None
+        self._secure = True
+        transport = self.transport
+        assert ITLSTransport.providedBy(transport)
+        assert self.factory.tlsContextFactory is not None
+        transport.startTLS(self.factory.tlsContextFactory)
+
+    def do_CAPA(self, argument: bytes) -> None:
+        if argument:
+            self._badCommand(Response.SYNTAX)
+            return
+        capabilities = [b"TOP", b"UIDL", b"PIPELINING", b"RESP-CODES", b"AUTH-RESP-CODE"]
+        if self._cleartextAllowed():
+            capabilities.append(b"USER")
+        if b"STLS" in self._commands[State.AUTHORIZATION] and not self._secure:
+            capabilities.append(b"STLS")
+        capabilities.append(b"IMPLEMENTATION popd")
+        self._sendMultiline(b"+OK Capability list follows.", capabilities)
+
+    def do_QUIT(self, argument: bytes) -> Deferred[Any] | None:
+        if argument:
+            self._badCommand(Response.SYNTAX)
+            return None
+        if self.state is not State.TRANSACTION:
+            self._statistics.outcome = "quit"
+            self.sendLine(Response.BYE)
+            self._transport.loseConnection()
+            return None
+        # UPDATE (RFC 1939 section 6): the only way marked messages are removed (rule R23).
+        self.state = State.UPDATE
+        self._statistics.deleted = len(self._deleted)
+        assert self._maildrop is not None
+        d = self._maildrop.commit(sorted(self._deleted))
+        d.addCallbacks(self._committed, self._commitFailed)
+        return d
+
+    def _committed(self, notRemoved: Sequence[int]) -> None:
+        if notRemoved:
+            self._statistics.outcome = "commit incomplete"
+            self.sendLine(Response.NOT_REMOVED)
+        else:
+            self._statistics.outcome = "committed"
+            self.sendLine(b"+OK Bye; %d messages removed." % (len(self._deleted),))
+        self._releaseMaildrop()
+        self._transport.loseConnection()
+
+    def _commitFailed(self, reason: Failure) -> None:
+        self._statistics.outcome = "commit failed"
+        if reason.check(PermanentFailure):
+            self.sendLine(Response.SYS_PERM)
+        else:
+            if not reason.check(TemporaryFailure):
+                self._log.failure("commit failed", failure=reason)
+            self.sendLine(Response.NOT_REMOVED)
+        self._releaseMaildrop()
+        self._transport.loseConnection()
+
+    # TRANSACTION
+
+    def _messageIndex(self, argument: bytes) -> int | None:
+        """
+        Turn a message-number argument into a 0-based index, or answer C{-ERR}: numbers start
+        at 1 (rule R16) and deleted messages are out of reach (rule R18).
+        """
+        number = parseNumber(argument)
+        if number is None:
+            self._badCommand(Response.SYNTAX)
+            return None
+        if not 1 <= number <= len(self._listing):
+            self.sendLine(Response.NO_SUCH_MESSAGE)
+            return None
+        if number - 1 in self._deleted:
+            self.sendLine(Response.DELETED)
+            return None
+        return number - 1
+
+    def _noArgument(self, argument: bytes) -> bool:
+        if argument:
+            self._badCommand(Response.SYNTAX)
+            return False
+        return True
+
+    def _visible(self) -> list[tuple[int, MessageInfo]]:
+        return [(i, info) for i, info in enumerate(self._listing) if i not in self._deleted]
+
+    def do_STAT(self, argument: bytes) -> None:
+        if self._noArgument(argument):
+            visible = self._visible()
+            total = sum(info.size for _, info in visible)
+            self.sendLine(b"+OK %d %d" % (len(visible), total))
+
+    def do_LIST(self, argument: bytes) -> None:
+        self._scanListing(argument, lambda info: b"%d" % (info.size,))
+
+    def do_UIDL(self, argument: bytes) -> None:
+        self._scanListing(argument, lambda info: info.uidl)
+
+    def _scanListing(self, argument: bytes, value: Callable[[MessageInfo], bytes]) -> None:
+        """
+        Answer C{LIST} or C{UIDL}: one message's line with an argument, every undeleted
+        message's otherwise (rules R18, R22).
+        """
+        if not argument:
+            visible = self._visible()
+            lines = [b"%d %s" % (i + 1, value(info)) for i, info in visible]
+            total = sum(info.size for _, info in visible)
+            self._sendMultiline(b"+OK %d messages (%d octets)" % (len(visible), total), lines)
+            return
+        index = self._messageIndex(argument)
+        if index is not None:
+            self.sendLine(b"+OK %d %s" % (index + 1, value(self._listing[index])))
+
+    def do_RETR(self, argument: bytes) -> Deferred[Any] | None:
+        index = self._messageIndex(argument)
+        if index is None:
+            return None
+        self._statistics.retrieved += 1
+        self._highestAccessed = max(self._highestAccessed, index + 1)
+        first = b"+OK %d octets" % (self._listing[index].size,)
+        return self._sendMessage(index, first, MessageEncoder())
+
+    def do_TOP(self, argument: bytes) -> Deferred[Any] | None:
+        number, _, lines = argument.partition(b" ")
+        bodyLines = parseNumber(lines)
+        if bodyLines is None:
+            self._badCommand(Response.SYNTAX)
+            return None
+        index = self._messageIndex(number)
+        if index is None:
+            return None
+        self._statistics.topped += 1
+        return self._sendMessage(index, b"+OK", MessageEncoder(bodyLines))
+
+    def _sendMessage(self, index: int, first: bytes, encoder: MessageEncoder) -> Deferred[Any]:
+        assert self._maildrop is not None
+        d = self._maildrop.open(index)
+        d.addCallbacks(self._startSending, self._openFailed, callbackArgs=(first, encoder))
+        return d
+
+    def _startSending(
+        self, message: IMessage, first: bytes, encoder: MessageEncoder
+    ) -> Deferred[None]:
+        if self._closing():
+            message.close()
+            return defer.succeed(None)
+        self.sendLine(first)
+
+        def progress(octets: int) -> None:
+            self._statistics.octetsSent += octets
+            self.resetTimeout()
+
+        self._sender = _MessageSender(self._transport, message, encoder, progress)
+        return self._sender.start().addBoth(self._sent)
+
+    def _sent(self, result: object) -> None:
+        self._sender = None
+        if isinstance(result, Failure):
+            # The +OK is out and the message is incomplete: nothing said now could be told
+            # apart from message content, so the only honest answer is to drop the connection.
+            self._log.failure("reading a message failed", failure=result)
+            self._statistics.outcome = "store failure"
+            self._transport.abortConnection()
+
+    def _openFailed(self, reason: Failure) -> None:
+        if reason.check(MessageGone):
+            self.sendLine(Response.GONE)
+        elif reason.check(PermanentFailure):
+            self.sendLine(Response.SYS_PERM)
+        else:
+            if not reason.check(TemporaryFailure):
+                self._log.failure("opening a message failed", failure=reason)
+            self.sendLine(Response.SYS_TEMP)
+
+    def do_DELE(self, argument: bytes) -> None:
+        index = self._messageIndex(argument)
+        if index is not None:
+            # Only a mark: the message is removed at QUIT, if the session gets there (R20).
+            self._deleted.add(index)
+            self._highestAccessed = max(self._highestAccessed, index + 1)
+            self.sendLine(b"+OK Message %d deleted." % (index + 1,))
+
+    def do_NOOP(self, argument: bytes) -> None:
+        if self._noArgument(argument):
+            self.sendLine(Response.OK)
+
+    def do_RSET(self, argument: bytes) -> None:
+        if self._noArgument(argument):
+            self._deleted.clear()
+            self._highestAccessed = 0
+            self.sendLine(b"+OK %d messages." % (len(self._listing),))
+
+    def do_LAST(self, argument: bytes) -> None:
+        # RFC 1460, removed from the standard: only behind --enable-last, never in CAPA (R38).
+        if self._noArgument(argument):
+            self.sendLine(b"+OK %d" % (self._highestAccessed,))
+
+
+class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
+    """
+    Makes a L{POP3ServerProtocol} for each connection, and holds the policy they share.
+
+    @ivar portal: authenticates users; its realm must hand out L{IMaildrop} avatars.
+    @ivar tlsContextFactory: when set, plain connections offer C{STLS} with it.
+    @ivar allowCleartext: allow USER/PASS on connections that are neither TLS nor loopback.
+    @ivar timeout: idle seconds allowed after login (RFC 1939: at least 600).
+    @ivar authorizationTimeout: idle seconds allowed before login.
+    @ivar enableLast: offer the obsolete C{LAST} command (RFC 1460).
+    @ivar maxLineLength: the longest command line accepted, CRLF included (RFC 2449: >= 255).
+    @ivar maxAuthFailures: failed logins after which the connection is closed.
+    @ivar maxBadCommands: bad commands after which the connection is closed.
+    @ivar authFailureDelay: seconds a failed login waits for its answer.
+    @ivar hostname: the host part of the APOP timestamp.
+    """
+
+    protocol = POP3ServerProtocol
+
+    def __init__(
+        self,
+        portal: Portal,
+        *,
+        tlsContextFactory: IOpenSSLServerConnectionCreator | None = None,
+        allowCleartext: bool = False,
+        timeout: float = 600,
+        authorizationTimeout: float = 180,
+        enableLast: bool = False,
+        maxLineLength: int = 2048,
+        maxAuthFailures: int = 3,
+        maxBadCommands: int = 10,
+        authFailureDelay: float = 2.0,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        if maxLineLength < 255:
+            raise ValueError("RFC 2449 requires command lines of at least 255 octets")
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = cast(IReactorTime, globalReactor)
+        self.portal = portal
+        self.tlsContextFactory = tlsContextFactory
+        self.allowCleartext = allowCleartext
+        self.timeout = timeout
+        self.authorizationTimeout = authorizationTimeout
+        self.enableLast = enableLast
+        self.maxLineLength = maxLineLength
+        self.maxAuthFailures = maxAuthFailures
+        self.maxBadCommands = maxBadCommands
+        self.authFailureDelay = authFailureDelay
+        self.reactor = reactor
+        self.hostname = socket.gethostname().encode("ascii", "replace")
+
+    def canStartTLS(self, transport: ITransport) -> bool:
+        """
+        Whether a connection on C{transport} can be offered C{STLS}.
+        """
+        return (
+            self.tlsContextFactory is not None
+            and ITLSTransport.providedBy(transport)
+            and not ISSLTransport.providedBy(transport)
+        )
+
+    def apopAvailable(self) -> bool:
+        """
+        Whether APOP can be offered: only when a checker can verify it, which needs a
+        plaintext-equivalent secret (rule R13).
+        """
+        return IUsernameHashedPassword in self.portal.listCredentialsInterfaces()
