@@ -410,6 +410,10 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         else:
             self.sendLine(response)
 
+    def sendLine(self, line: bytes) -> None:
+        # Responses always end with CRLF, whatever line end the client used (rule R3).
+        self._transport.write(line + b"\r\n")
+
     def _sendMultiline(self, first: bytes, lines: Sequence[bytes]) -> None:
         """
         Send a multi-line response whose lines need no byte-stuffing (listings).
