@@ -9,6 +9,7 @@ nothing of where mail or users live.
 
 from __future__ import annotations
 
+import binascii
 import enum
 import ipaddress
 import secrets
@@ -25,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.interfaces import (
     IConsumer,
+    INegotiated,
     IOpenSSLServerConnectionCreator,
     IPushProducer,
     IReactorTime,
@@ -44,6 +46,7 @@ from popd._wire import MessageEncoder, parseNumber
 from popd.credentials import APOPCredentials
 from popd.errors import MaildropInUse, MessageGone, PermanentFailure, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
+from popd.sasl import DEFAULT_MECHANISMS, Challenge, ISASLExchange, ISASLMechanism, MalformedResponse
 
 #: How much of a message is read from the store at a time.
 CHUNK_SIZE = 64 * 1024
@@ -83,9 +86,20 @@ class Response:
     SYS_PERM = b"-ERR [SYS/PERM] Permanent server failure; contact your administrator."
     NOT_REMOVED = b"-ERR [SYS/TEMP] Some deleted messages were not removed."
     TLS_ACTIVE = b"-ERR TLS is already active."
+    NO_MECHANISM = b"-ERR Unknown or unavailable authentication mechanism."
+    SASL_CANCELLED = b"-ERR Authentication cancelled."
+    SASL_MALFORMED = b"-ERR [AUTH] Malformed authentication response."
     TLS_BEGIN = b"+OK Begin TLS negotiation."
     OK = b"+OK"
     BYE = b"+OK Bye."
+
+
+def _isTLS(transport: object) -> bool:
+    """
+    Whether a transport is already encrypted: a reactor's TLS connection provides
+    L{ISSLTransport}, a L{twisted.protocols.tls} wrapper only L{INegotiated}.
+    """
+    return ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
 
 
 def _isLoopback(address: object) -> bool:
@@ -224,6 +238,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._highestAccessed = 0
         self._secure = False
         self._apopTimestamp: bytes | None = None
+        self._saslExchange: ISASLExchange | None = None
         self._authFailures = 0
         self._badCommands = 0
         self._gone = False
@@ -238,6 +253,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 b"USER": self.do_USER,
                 b"PASS": self.do_PASS,
                 b"APOP": self.do_APOP,
+                b"AUTH": self.do_AUTH,
                 b"STLS": self.do_STLS,
                 b"CAPA": self.do_CAPA,
                 b"QUIT": self.do_QUIT,
@@ -263,7 +279,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         factory = self.factory
         self.MAX_LENGTH = factory.maxLineLength - 1
         self._started = factory.reactor.seconds()
-        self._secure = ISSLTransport.providedBy(self.transport)
+        self._secure = _isTLS(self.transport)
         if ITCPTransport.providedBy(self.transport):
             # Responses are written whole; Nagle's algorithm would only delay them.
             self._transport.setTcpNoDelay(True)
@@ -350,6 +366,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]
+        if self._saslExchange is not None:
+            self._runCommand(b"AUTH", self._saslResponse, line)
+            return
         if b"\0" in line:
             self._badCommand(Response.NUL)
             return
@@ -360,6 +379,11 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             known = any(keyword in table for table in self._commands.values())
             self._badCommand(Response.WRONG_STATE if known else Response.UNKNOWN)
             return
+        self._runCommand(keyword, command, argument)
+
+    def _runCommand(
+        self, keyword: bytes, command: Callable[[bytes], Deferred[Any] | None], argument: bytes
+    ) -> None:
         try:
             result = command(argument)
         except Exception:
@@ -462,10 +486,83 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._user = name
         return self._login(APOPCredentials(self._apopTimestamp, name, digest))
 
+    def _availableMechanisms(self) -> list[ISASLMechanism]:
+        """
+        The SASL mechanisms usable on this connection now.
+        """
+        cleartext = self._cleartextAllowed()
+        haveSecrets = self.factory.apopAvailable()
+        return [
+            mechanism
+            for mechanism in self.factory.mechanisms
+            if (cleartext or not mechanism.cleartext)
+            and (haveSecrets or not mechanism.needsPlaintextSecret)
+        ]
+
+    def do_AUTH(self, argument: bytes) -> Deferred[Any] | None:
+        mechanisms = self._availableMechanisms()
+        if not argument:
+            # Not in RFC 5034, but what Outlook sends to learn the mechanisms.
+            self._sendMultiline(b"+OK", [mechanism.name for mechanism in mechanisms])
+            return None
+        name, _, initial = argument.partition(b" ")
+        chosen = [mechanism for mechanism in mechanisms if mechanism.name == name.upper()]
+        if not chosen:
+            self._badCommand(Response.NO_MECHANISM)
+            return None
+        response: bytes | None = None
+        if initial:
+            # RFC 5034 section 4: "=" is an empty initial response.
+            response = b"" if initial == b"=" else self._decodeBase64(initial)
+            if response is None:
+                self._badCommand(Response.SASL_MALFORMED)
+                return None
+        self._saslExchange = chosen[0].exchange(self.factory.hostname)
+        return self._saslStep(response)
+
+    @staticmethod
+    def _decodeBase64(encoded: bytes) -> bytes | None:
+        try:
+            return binascii.a2b_base64(encoded, strict_mode=True)
+        except binascii.Error:
+            return None
+
+    def _saslResponse(self, line: bytes) -> Deferred[Any] | None:
+        """
+        Take a line sent during a SASL exchange: a base64 response, or C{*} to cancel.
+        """
+        if line == b"*":
+            # RFC 5034 section 4: a cancelled exchange MUST be answered with -ERR (rule R31).
+            self._saslExchange = None
+            self.sendLine(Response.SASL_CANCELLED)
+            return None
+        response = self._decodeBase64(line)
+        if response is None:
+            self._saslExchange = None
+            self._badCommand(Response.SASL_MALFORMED)
+            return None
+        return self._saslStep(response)
+
+    def _saslStep(self, response: bytes | None) -> Deferred[Any] | None:
+        exchange = self._saslExchange
+        assert exchange is not None
+        try:
+            result = exchange.respond(response)
+        except MalformedResponse:
+            self._saslExchange = None
+            self._badCommand(Response.SASL_MALFORMED)
+            return None
+        if isinstance(result, Challenge):
+            self.sendLine(b"+ " + binascii.b2a_base64(result.data, newline=False))
+            return None
+        self._saslExchange = None
+        return self._login(result)
+
     def _login(self, credentials: ICredentials) -> Deferred[Any]:
         """
         Authenticate, lock the maildrop and take its listing; then enter TRANSACTION.
         """
+        self._user = getattr(credentials, "username", self._user)
         d = self.factory.portal.login(credentials, None, IMaildrop)
         d.addCallback(self._loggedIn)
         d.addErrback(self._loginFailed)
@@ -538,6 +635,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         capabilities = [b"TOP", b"UIDL", b"PIPELINING", b"RESP-CODES", b"AUTH-RESP-CODE"]
         if self._cleartextAllowed():
             capabilities.append(b"USER")
+        mechanisms = self._availableMechanisms()
+        if mechanisms:
+            capabilities.append(b" ".join([b"SASL", *(m.name for m in mechanisms)]))
         if b"STLS" in self._commands[State.AUTHORIZATION] and not self._secure:
             capabilities.append(b"STLS")
         capabilities.append(b"IMPLEMENTATION popd")
@@ -735,6 +835,7 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
     @ivar maxAuthFailures: failed logins after which the connection is closed.
     @ivar maxBadCommands: bad commands after which the connection is closed.
     @ivar authFailureDelay: seconds a failed login waits for its answer.
+    @ivar mechanisms: the SASL mechanisms offered where they are usable (RFC 5034).
     @ivar hostname: the host part of the APOP timestamp.
     """
 
@@ -753,6 +854,7 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
         maxAuthFailures: int = 3,
         maxBadCommands: int = 10,
         authFailureDelay: float = 2.0,
+        mechanisms: Sequence[ISASLMechanism] = DEFAULT_MECHANISMS,
         reactor: IReactorTime | None = None,
     ) -> None:
         if maxLineLength < 255:
@@ -771,6 +873,7 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
         self.maxAuthFailures = maxAuthFailures
         self.maxBadCommands = maxBadCommands
         self.authFailureDelay = authFailureDelay
+        self.mechanisms = mechanisms
         self.reactor = reactor
         self.hostname = socket.gethostname().encode("ascii", "replace")
 
@@ -781,7 +884,7 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
         return (
             self.tlsContextFactory is not None
             and ITLSTransport.providedBy(transport)
-            and not ISSLTransport.providedBy(transport)
+            and not _isTLS(transport)
         )
 
     def apopAvailable(self) -> bool:
