@@ -16,11 +16,13 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import Interface, directlyProvides, implementer
 
 from popd.errors import MessageGone, PermanentFailure, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
+from popd.maildir import MaildirRealm
 from popd.memory import MemoryMailbox, MemoryRealm
 from popd.protocol import POP3ServerFactory, POP3ServerProtocol, Response
 
@@ -350,6 +352,32 @@ class MemoryConformanceTests(ConformanceMixin, SynchronousTestCase):
 
     def deliver(self, message: bytes) -> None:
         self.mailbox.deliver(message)
+
+
+class MaildirConformanceTests(ConformanceMixin, SynchronousTestCase):
+    """
+    L{ConformanceMixin} over L{popd.maildir}, on a real Maildir on disk.
+    """
+
+    def makeStore(self, messages: Sequence[bytes]) -> tuple[IRealm, Callable[[], list[bytes]]]:
+        self.root = FilePath(self.mktemp())
+        self.maildir = self.root.child("bob").child("Maildir")
+        for name in ["new", "cur", "tmp"]:
+            self.maildir.child(name).makedirs()
+        self.delivered = 0
+        for message in messages:
+            self.deliver(message)
+        return MaildirRealm(self.root.path + "/%u/Maildir"), self.storedMessages
+
+    def deliver(self, message: bytes) -> None:
+        self.delivered += 1
+        name = "%d.M%dP1.test" % (1700000000 + self.delivered, self.delivered)
+        self.maildir.child("tmp").child(name).setContent(message)
+        self.maildir.child("tmp").child(name).moveTo(self.maildir.child("new").child(name))
+
+    def storedMessages(self) -> list[bytes]:
+        files = self.maildir.child("new").children() + self.maildir.child("cur").children()
+        return [f.getContent() for f in sorted(files, key=lambda f: f.basename())]
 
 
 class GrammarTests(SynchronousTestCase):

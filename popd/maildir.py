@@ -1,0 +1,760 @@
+"""
+A Maildir store: the L{IMaildrop} of a Maildir on local or NFS disk, and a realm that opens one
+per user.
+
+A Maildir is shared with other agents: the MTA delivers into C{new/} while a session is open, and
+IMAP servers rename files to add flags or move them from C{new/} to C{cur/}.  A message is
+therefore identified by its I{base name}, the file name before the first C{:}, which no agent
+changes for the life of the message.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from hashlib import sha256
+from operator import itemgetter
+from typing import TypeVar
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.logger import Logger, LogLevel
+from zope.interface import Interface, implementer
+
+from popd._wire import transmittedSize
+from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
+from popd.interfaces import IMaildrop, IMessage, MessageInfo
+
+__all__ = [
+    "Maildir",
+    "MaildirRealm",
+    "expandTemplate",
+    "openMaildir",
+    "validUsername",
+]
+
+_log = Logger()
+
+_T = TypeVar("_T")
+
+# A placeholder and the character after its %, empty when the % ends the template.
+_PLACEHOLDER = re.compile(r"%(.?)", re.DOTALL)
+_PLACEHOLDERS = frozenset("%und")
+
+_SUBDIRECTORIES = ("new", "cur", "tmp")
+_LOCK_FILE = "popd.lock"
+_INDEX_FILE = "popd-index"
+_INDEX_TEMPORARY = "popd-index.tmp"
+_INDEX_HEADER = b"popd-index 1\n"
+_INDEX_TRAILER = re.compile(rb"end ([0-9]{1,10}) ([0-9a-f]{64})")
+_INDEX_ENTRY = re.compile(rb"([0-9]{1,20}) ([!-~]+)")
+# Bytes written as-is in index entries; everything else is percent-encoded.
+_INDEX_SAFE = ",="
+_CHUNK = 65536
+# What os.fsdecode does, without its cost per call: an index has an entry per message.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+_DOVECOT_SIZE = re.compile(r",W=([0-9]{1,20})(?:,|$)")
+_PRINTABLE_UIDL = re.compile(r"[!-~]{1,70}")
+# Not in a base name: a leading dot (hidden files), a path separator, the flags separator, NUL.
+_NOT_BASE_NAME = re.compile(rb"^\.|[/:\0]")
+_DIGEST_LENGTH = 40
+
+# O_NOFOLLOW: a symbolic link placed in a Maildir must not make popd read (or write over) a file
+# the Maildir's owner could not read, when popd runs with more privileges than that owner.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _checkTemplate(template: str) -> None:
+    """
+    @raise ValueError: C{template} has a placeholder other than C{%u}, C{%n}, C{%d} and C{%%}.
+    """
+    for match in _PLACEHOLDER.finditer(template):
+        if match.group(1) not in _PLACEHOLDERS:
+            raise ValueError(
+                f"Unknown placeholder {match.group(0)!r} in Maildir template {template!r}:"
+                " use %u, %n, %d or %%"
+            )
+
+
+def _fixedPrefix(template: str) -> str:
+    """
+    @return: the path that C{template} names before its first user placeholder, C{%%} expanded.
+    """
+    for match in _PLACEHOLDER.finditer(template):
+        if match.group(1) != "%":
+            return template[: match.start()].replace("%%", "%")
+    return template.replace("%%", "%")
+
+
+def expandTemplate(template: str, user: str) -> str:
+    """
+    Fill a Maildir path template for one user.
+
+    C{%u} is the full user name, C{%n} its local part (before the last C{@}; the whole name when
+    there is none), C{%d} its domain (after the last C{@}; empty when there is none) and C{%%} a
+    literal C{%}.  The expansion is a single pass: a C{%} in the user name is copied, never
+    interpreted.  The user name is not checked here: see L{validUsername}.
+
+    @raise ValueError: C{template} has any other placeholder.
+    """
+    _checkTemplate(template)
+    local, at, domain = user.rpartition("@")
+    if not at:
+        local, domain = user, ""
+    values = {"%": "%", "u": user, "n": local, "d": domain}
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+def _forbiddenCharacter(character: str) -> bool:
+    """
+    Path separators, and every Unicode control, format, surrogate, private-use, unassigned,
+    separator or space character: none has a place in a user name, several can forge log lines
+    or hide what a name really is.
+    """
+    return character in "/\\" or unicodedata.category(character)[0] in "CZ"
+
+
+def validUsername(name: str) -> bool:
+    """
+    Whether C{name} may become part of a Maildir path.
+
+    A valid name is 1 to 255 octets of UTF-8 (a file name's limit), has at most one C{@}, no
+    path separator, control, format or white space character, and neither its local part nor
+    its domain is empty or starts with C{.} (which also excludes C{.} and C{..}).  Such a name
+    can fill any path component without naming a directory outside the Maildir root or a
+    hidden file.
+    """
+    try:
+        octets = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    if not 0 < len(octets) <= 255 or name.count("@") > 1:
+        return False
+    if any(_forbiddenCharacter(character) for character in name):
+        return False
+    local, at, domain = name.rpartition("@")
+    parts = (local, domain) if at else (name,)
+    return all(part and not part.startswith(".") for part in parts)
+
+
+def _confined(path: str, prefix: str) -> bool:
+    """
+    Whether C{path}, normalised, names something strictly below the directory that C{prefix}
+    names or begins a name in, and, in that directory, an entry that starts as C{prefix} does.
+    """
+    root = os.path.abspath(os.path.dirname(prefix))
+    normal = os.path.abspath(path)
+    return (
+        normal != root
+        and os.path.commonpath([root, normal]) == root
+        and os.path.relpath(normal, root).startswith(os.path.basename(prefix))
+    )
+
+
+@implementer(IRealm)
+class MaildirRealm:
+    """
+    A realm whose avatars are the users' Maildirs, opened and locked for one session.
+
+    Users are found with a path template (see L{expandTemplate}), as in
+    C{/var/mail/%d/%n/Maildir}.  A Maildir that does not exist yet is created empty, as Dovecot
+    does, so that a user who never received mail can log in.
+    """
+
+    def __init__(self, template: str) -> None:
+        """
+        @param template: the path of a user's Maildir, with placeholders.
+        @raise ValueError: C{template} has an unknown placeholder; raised here so that a bad
+            configuration is reported before the server listens.
+        """
+        _checkTemplate(template)
+        self._template = template
+        self._prefix = _fixedPrefix(template)
+
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: type[Interface]
+    ) -> Deferred[tuple[type[Interface], object, Callable[[], None]]]:
+        """
+        Open and lock the Maildir of C{avatarId}.
+
+        @param avatarId: the user name, UTF-8 encoded.
+        @return: a L{Deferred} firing with C{(IMaildrop, maildrop, logout)}; C{logout} releases
+            the lock.  It fails with L{NotImplementedError} when C{IMaildrop} is not asked for,
+            L{UnauthorizedLogin} when the user name is not valid (see L{validUsername}),
+            L{MaildropInUse} when another session holds the lock and L{TemporaryFailure} when
+            the Maildir cannot be created or locked.
+        """
+        if IMaildrop not in interfaces:
+            return fail(NotImplementedError("MaildirRealm only provides IMaildrop"))
+        return maybeDeferred(self._login, avatarId)
+
+    def _login(
+        self, avatarId: bytes | tuple[()]
+    ) -> tuple[type[Interface], object, Callable[[], None]]:
+        """
+        Find, open and lock a user's Maildir; see L{requestAvatar}.
+        """
+        maildrop = openMaildir(self._pathFor(avatarId))
+
+        def logout() -> None:
+            maildrop.close()
+
+        return (IMaildrop, maildrop, logout)
+
+    def _pathFor(self, avatarId: bytes | tuple[()]) -> str:
+        """
+        @return: the path of the Maildir of C{avatarId}.
+        @raise UnauthorizedLogin: C{avatarId} is anonymous or not a valid user name.
+        """
+        if not isinstance(avatarId, bytes):
+            raise UnauthorizedLogin()
+        try:
+            user = avatarId.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnauthorizedLogin() from None
+        if not validUsername(user):
+            raise UnauthorizedLogin()
+        path = expandTemplate(self._template, user)
+        # validUsername makes this impossible; it is checked anyway because a mistake there
+        # would hand out other users' mail.
+        if not _confined(path, self._prefix):
+            _log.error(
+                "Refused {user!r}: its Maildir {path!r} is outside {prefix!r}",
+                user=user,
+                path=path,
+                prefix=self._prefix,
+            )
+            raise UnauthorizedLogin()
+        return path
+
+
+# The real paths of the Maildirs this process has locked.  POSIX locks belong to the process and
+# are all released when it closes any descriptor of the locked file, so a second session of this
+# process must be refused before it opens the lock file, not by the kernel.
+_lockedMaildirs: set[str] = set()
+
+
+def openMaildir(path: str) -> Maildir:
+    """
+    Open a Maildir for one session, creating it when it does not exist, and lock it.
+
+    The lock is an exclusive C{lockf} lock on the file C{popd.lock} in the Maildir: it excludes
+    other popd sessions of this process, of other processes and, over NFS, of other hosts, and
+    the kernel releases it when the process dies.
+
+    @raise MaildropInUse: another session holds the lock.
+    @raise TemporaryFailure: the Maildir could not be created or the lock file opened (the
+        cause is logged).
+    """
+    try:
+        _create(path)
+        realPath = os.path.realpath(path)
+        if realPath in _lockedMaildirs:
+            raise MaildropInUse()
+        lockFD = _lock(realPath)
+    except OSError:
+        _log.failure("Could not open the Maildir {path!r}", path=path, level=LogLevel.error)
+        raise TemporaryFailure() from None
+    _lockedMaildirs.add(realPath)
+    return Maildir(realPath, lockFD)
+
+
+def _create(path: str) -> None:
+    """
+    Create the Maildir C{path} and its C{new}, C{cur} and C{tmp} directories when they do not
+    exist, private to their owner.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    for subdirectory in _SUBDIRECTORIES:
+        try:
+            os.mkdir(os.path.join(path, subdirectory), 0o700)
+        except FileExistsError:
+            pass
+
+
+def _lock(path: str) -> int:
+    """
+    Lock the Maildir C{path}.
+
+    @return: the descriptor of its lock file, whose closing releases the lock.
+    @raise MaildropInUse: another process holds the lock.
+    """
+    lockFD = os.open(
+        os.path.join(path, _LOCK_FILE),
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        fcntl.lockf(lockFD, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        # Closing is safe: no other session of this process has this file open.
+        os.close(lockFD)
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            raise MaildropInUse() from None
+        raise
+    return lockFD
+
+
+def _baseName(fileName: str) -> str:
+    """
+    @return: the part of a Maildir file name that no agent changes: flags follow the C{:}.
+    """
+    return fileName.partition(":")[0]
+
+
+def _deliveryTime(baseName: str) -> int | None:
+    """
+    @return: the delivery time that starts a conventional Maildir name (C{time.unique.host}),
+        or L{None} when the name does not start with one.
+    """
+    seconds, dot, _ = baseName.partition(".")
+    if dot and seconds.isascii() and seconds.isdigit():
+        return int(seconds)
+    return None
+
+
+def _dovecotSize(baseName: str) -> int | None:
+    """
+    @return: the CRLF size that Dovecot records in a file name as C{,W=<size>}, or L{None}.
+    """
+    match = _DOVECOT_SIZE.search(baseName)
+    return None if match is None else int(match.group(1))
+
+
+def _uidl(baseName: str) -> bytes:
+    """
+    The unique-id of a message, derived from its base name alone.
+
+    Base names are unique in a Maildir and never change while the message exists, so the UIDL
+    needs no stored state: it survives restarts, lost or corrupt indexes and other agents'
+    renames.  The base name is used as it is when POP3 allows it (1 to 70 octets in 0x21-0x7E),
+    which keeps the UIDLs that Courier, which does the same, handed out.  Other names are
+    replaced by 160 bits of their SHA-256 in hex: as deterministic, and a collision is
+    practically impossible.
+    """
+    if _PRINTABLE_UIDL.fullmatch(baseName):
+        return baseName.encode("ascii")
+    return sha256(os.fsencode(baseName)).hexdigest()[:_DIGEST_LENGTH].encode("ascii")
+
+
+def _measure(path: str) -> int:
+    """
+    @return: the size that the message in C{path} has as transmitted: see L{transmittedSize}.
+    """
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        return transmittedSize(iter(lambda: os.read(fd, _CHUNK), b""))
+    finally:
+        os.close(fd)
+
+
+def _parseIndex(data: bytes) -> dict[str, int] | None:
+    """
+    Parse the content of a size index.
+
+    The format is a version line, one C{<size> <base name>} line per message with the base name
+    percent-encoded, then C{end <count> <sha256>} where the hash covers all that precedes it.
+    Any disagreement (truncation, a torn or foreign write, a bad entry) rejects the whole file:
+    an index is only a cache, and a wrong size breaks every client that trusts C{LIST}.
+
+    @return: the size of each base name, or L{None} when C{data} is not a valid index.
+    """
+    content, newline, trailer = data.removesuffix(b"\n").rpartition(b"\n")
+    content += newline
+    match = _INDEX_TRAILER.fullmatch(trailer)
+    if (
+        not data.endswith(b"\n")
+        or match is None
+        or not content.startswith(_INDEX_HEADER)
+        or sha256(content).hexdigest().encode("ascii") != match.group(2)
+    ):
+        return None
+    lines = content[len(_INDEX_HEADER) :].split(b"\n")[:-1]
+    if len(lines) != int(match.group(1)):
+        return None
+    sizes: dict[str, int] = {}
+    for line in lines:
+        entry = _INDEX_ENTRY.fullmatch(line)
+        if entry is None:
+            return None
+        name = unquote_to_bytes(entry.group(2))
+        if _NOT_BASE_NAME.search(name):
+            return None
+        baseName = name.decode(_FS_ENCODING, _FS_ERRORS)
+        if baseName in sizes:
+            return None
+        sizes[baseName] = int(entry.group(1))
+    return sizes
+
+
+def _formatIndex(sizes: dict[str, int]) -> bytes:
+    """
+    @return: the content of a size index of C{sizes}: see L{_parseIndex}.
+    """
+    content = _INDEX_HEADER + b"".join(
+        b"%d %s\n" % (size, quote_from_bytes(os.fsencode(name), _INDEX_SAFE).encode("ascii"))
+        for name, size in sorted(sizes.items())
+    )
+    digest = sha256(content).hexdigest().encode("ascii")
+    return content + b"end %d %s\n" % (len(sizes), digest)
+
+
+def _fsyncDirectory(path: str) -> None:
+    """
+    Make the renames and removals done in the directory C{path} durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class _Message:
+    """
+    Where a listed message was last seen.
+
+    @ivar baseName: the file name before the first C{:}; it never changes.
+    @ivar subdirectory: C{"new"} or C{"cur"}.
+    @ivar fileName: the whole file name, flags included.
+    """
+
+    baseName: str
+    subdirectory: str
+    fileName: str
+
+
+@implementer(IMessage)
+class _MaildirMessage:
+    """
+    A message file opened for reading.
+    """
+
+    def __init__(self, fd: int) -> None:
+        """
+        @param fd: a descriptor of the file, owned by this object from now on.
+        """
+        self._fd: int | None = fd
+
+    def read(self, size: int) -> Deferred[bytes]:
+        """
+        Read up to C{size} octets of the file.
+
+        @return: a L{Deferred} firing with them (C{b""} at the end), or failing with
+            L{TemporaryFailure} when the disk fails (the cause is logged).
+        @raise ValueError: the message was closed.
+        """
+        if self._fd is None:
+            raise ValueError("read from a closed message")
+        try:
+            return succeed(os.read(self._fd, size))
+        except OSError:
+            _log.failure("Could not read a message", level=LogLevel.error)
+            return fail(TemporaryFailure())
+
+    def close(self) -> None:
+        """
+        Close the file.  Idempotent.
+        """
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                _log.failure("Could not close a message", level=LogLevel.warn)
+
+
+@implementer(IMaildrop)
+class Maildir:
+    """
+    A Maildir opened and locked for one POP3 session: see L{openMaildir}.
+
+    Messages are those in C{new/} and C{cur/}, in order of delivery time, then of base name;
+    C{tmp/}, dot-files, directories and symbolic links are not messages.  The listing is taken
+    once: mail delivered later waits for the next session.
+
+    Sizes come from Dovecot's C{,W=} in the file name when it is there; otherwise they are
+    computed once by reading the message and kept in the file C{popd-index} of the Maildir, so
+    that a session only reads the bodies of the messages delivered since the last one.
+
+    @ivar path: the real path of the Maildir.
+    """
+
+    def __init__(self, path: str, lockFD: int) -> None:
+        """
+        @param path: the real path of the Maildir, locked by this process.
+        @param lockFD: the descriptor of its lock file, owned by this object from now on.
+        """
+        self.path = path
+        self._lockFD: int | None = lockFD
+        self._listing: list[MessageInfo] | None = None
+        self._messages: list[_Message] = []
+
+    def listing(self) -> Deferred[Sequence[MessageInfo]]:
+        """
+        List the Maildir; only the first call reads it, later ones return the same listing.
+
+        @return: a L{Deferred} firing with the size and UIDL of each message, or failing with
+            L{TemporaryFailure} when the Maildir cannot be read (the cause is logged).
+        """
+        if self._listing is None:
+            try:
+                self._listing = self._takeListing()
+            except OSError:
+                _log.failure("Could not list {path!r}", path=self.path, level=LogLevel.error)
+                return fail(TemporaryFailure())
+        return succeed(self._listing)
+
+    def _takeListing(self) -> list[MessageInfo]:
+        """
+        Read the Maildir, remember where each message is in L{_messages}, and save the sizes
+        that had to be computed.
+
+        @return: the listing.
+
+        @raise OSError: the Maildir cannot be read.
+        """
+        known = self._readIndex()
+        sizes: dict[str, int] = {}
+        computed = False
+        found: list[tuple[int, str, _Message, int]] = []
+        for baseName, (subdirectory, fileName) in self._scan().items():
+            message = _Message(baseName, subdirectory, fileName)
+            try:
+                time = _deliveryTime(baseName)
+                if time is None:
+                    time = int(self._onFile(message, os.lstat).st_mtime)
+                size = _dovecotSize(baseName)
+                if size is None:
+                    size = known.get(baseName)
+                    if size is None:
+                        size = self._onFile(message, _measure)
+                        computed = True
+                    sizes[baseName] = size
+            except MessageGone:
+                # Removed by another agent: it is not part of this session.
+                continue
+            found.append((time, baseName, message, size))
+        found.sort(key=itemgetter(0, 1))
+        self._messages = [message for _, _, message, _ in found]
+        if computed:
+            self._writeIndex(sizes)
+        return [MessageInfo(size, _uidl(baseName)) for _, baseName, _, size in found]
+
+    def _scan(self) -> dict[str, tuple[str, str]]:
+        """
+        Find the messages, with one directory scan each of C{new/} and C{cur/}.
+
+        C{new/} is scanned first: a message that another agent moves to C{cur/} meanwhile is
+        found in C{cur/}, or twice, and is kept once; scanning in the other order could miss it.
+
+        @return: the subdirectory and file name of each base name.
+        """
+        found: dict[str, tuple[str, str]] = {}
+        for subdirectory in ("new", "cur"):
+            with os.scandir(os.path.join(self.path, subdirectory)) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                        found[_baseName(entry.name)] = (subdirectory, entry.name)
+        return found
+
+    def _pathOf(self, message: _Message) -> str:
+        """
+        @return: where C{message} was last seen.
+        """
+        return os.path.join(self.path, message.subdirectory, message.fileName)
+
+    def _relocate(self, message: _Message, found: dict[str, tuple[str, str]]) -> bool:
+        """
+        Update where C{message} is from the result of a L{_scan}.
+
+        @return: whether the scan found it.
+        """
+        location = found.get(message.baseName)
+        if location is None:
+            return False
+        message.subdirectory, message.fileName = location
+        return True
+
+    def _onFile(self, message: _Message, action: Callable[[str], _T]) -> _T:
+        """
+        Apply C{action} to the file of C{message}, looking for it again by base name when
+        another agent renamed it (to add flags, or to move it to C{cur/}).
+
+        @raise MessageGone: the message no longer exists.
+        @raise OSError: C{action} or the scan failed otherwise.
+        """
+        try:
+            return action(self._pathOf(message))
+        except FileNotFoundError:
+            pass
+        if self._relocate(message, self._scan()):
+            try:
+                return action(self._pathOf(message))
+            except FileNotFoundError:
+                pass
+        raise MessageGone()
+
+    def _message(self, index: int) -> _Message:
+        """
+        @raise IndexError: C{index} is not in the listing.
+        """
+        if not 0 <= index < len(self._messages):
+            raise IndexError(index)
+        return self._messages[index]
+
+    def _readIndex(self) -> dict[str, int]:
+        """
+        @return: the sizes saved in the index; none when it is missing, unreadable or invalid.
+        """
+        path = os.path.join(self.path, _INDEX_FILE)
+        try:
+            fd = os.open(path, _READ_FLAGS)
+            try:
+                data = b"".join(iter(lambda: os.read(fd, _CHUNK), b""))
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            return {}
+        except OSError:
+            _log.failure("Ignoring the unreadable index {path!r}", path=path, level=LogLevel.warn)
+            return {}
+        sizes = _parseIndex(data)
+        if sizes is None:
+            _log.warn("Ignoring the invalid index {path!r}", path=path)
+            return {}
+        return sizes
+
+    def _writeIndex(self, sizes: dict[str, int]) -> None:
+        """
+        Replace the index atomically and durably with C{sizes}.  Failure is logged and
+        otherwise ignored: the sizes are right for this session, and the next one will compute
+        them again.
+        """
+        temporary = os.path.join(self.path, _INDEX_TEMPORARY)
+        try:
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+            with open(fd, "wb") as index:
+                index.write(_formatIndex(sizes))
+                index.flush()
+                os.fsync(fd)
+            os.replace(temporary, os.path.join(self.path, _INDEX_FILE))
+            _fsyncDirectory(self.path)
+        except OSError:
+            _log.failure(
+                "Could not save the index of {path!r}", path=self.path, level=LogLevel.warn
+            )
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+
+    def open(self, index: int) -> Deferred[IMessage]:
+        """
+        Open the message at C{index} in the listing, wherever another agent moved it.
+
+        @return: a L{Deferred} firing with the message, or failing with L{MessageGone} when
+            another agent removed it and L{TemporaryFailure} when it cannot be opened (the
+            cause is logged).
+        @raise IndexError: C{index} is not in the listing.
+        """
+        message = self._message(index)
+        try:
+            fd = self._onFile(message, lambda path: os.open(path, _READ_FLAGS))
+        except MessageGone as e:
+            return fail(e)
+        except OSError:
+            _log.failure(
+                "Could not open {path!r}", path=self._pathOf(message), level=LogLevel.error
+            )
+            return fail(TemporaryFailure())
+        return succeed(_MaildirMessage(fd))
+
+    def commit(self, deleted: Collection[int]) -> Deferred[Collection[int]]:
+        """
+        Remove the messages at the indices C{deleted}, wherever another agent moved them, then
+        make the removals durable.
+
+        A message already gone counts as removed.  A failure to remove one message does not
+        stop the others.  A message renamed again between the rescan and the second attempt is
+        counted as removed: it stays, and is listed again next session.
+
+        @return: a L{Deferred} firing with the indices of the messages that could not be
+            removed, or not durably (the causes are logged).
+        @raise IndexError: an index is not in the listing; nothing was removed.
+        """
+        messages = {index: self._message(index) for index in deleted}
+        failed: set[int] = set()
+        removed: dict[str, list[int]] = {"new": [], "cur": []}
+
+        def remove(index: int, message: _Message) -> bool:
+            """
+            @return: C{False} when the file is not where C{message} says.
+            """
+            try:
+                os.unlink(self._pathOf(message))
+            except FileNotFoundError:
+                return False
+            except OSError:
+                _log.failure(
+                    "Could not remove {path!r}", path=self._pathOf(message), level=LogLevel.error
+                )
+                failed.add(index)
+            else:
+                removed[message.subdirectory].append(index)
+            return True
+
+        missing = [index for index, message in messages.items() if not remove(index, message)]
+        if missing:
+            try:
+                found = self._scan()
+            except OSError:
+                _log.failure("Could not list {path!r}", path=self.path, level=LogLevel.error)
+                failed.update(missing)
+            else:
+                for index in missing:
+                    if self._relocate(messages[index], found):
+                        remove(index, messages[index])
+        for subdirectory, indices in removed.items():
+            try:
+                _fsyncDirectory(os.path.join(self.path, subdirectory))
+            except OSError:
+                _log.failure(
+                    "Could not make removals durable in {path!r}",
+                    path=os.path.join(self.path, subdirectory),
+                    level=LogLevel.error,
+                )
+                failed.update(indices)
+        return succeed(sorted(failed))
+
+    def close(self) -> Deferred[None]:
+        """
+        Release the lock.  Idempotent; never removes anything.
+
+        @return: a L{Deferred} that has fired.
+        """
+        if self._lockFD is not None:
+            lockFD, self._lockFD = self._lockFD, None
+            _lockedMaildirs.discard(self.path)
+            try:
+                os.close(lockFD)
+            except OSError:
+                _log.failure(
+                    "Could not close the lock of {path!r}", path=self.path, level=LogLevel.warn
+                )
+        return succeed(None)

@@ -1,0 +1,1253 @@
+"""
+Tests for L{popd.maildir}: real Maildirs on disk, faults injected at the OS-call boundary.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from hashlib import sha256
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.cred.checkers import ANONYMOUS, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import Interface
+from zope.interface.verify import verifyObject
+
+from popd import maildir
+from popd._wire import transmittedSize
+from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
+from popd.interfaces import IMaildrop, IMessage, MessageInfo
+from popd.maildir import Maildir, MaildirRealm, expandTemplate, openMaildir, validUsername
+
+# The directory that holds the popd package, for child processes.
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(maildir.__file__)))
+
+# Takes the lock of the Maildir in argv[1] and reports; holds it until stdin closes.
+_LOCKER = """
+import sys
+from popd.errors import MaildropInUse
+from popd.maildir import openMaildir
+try:
+    openMaildir(sys.argv[1])
+except MaildropInUse:
+    print("in-use", flush=True)
+else:
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _oserror(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class _MaildirTestCase(SynchronousTestCase):
+    """
+    Helpers to build Maildirs and open them.
+    """
+
+    def makeMaildir(self) -> str:
+        """
+        @return: the absolute path of a new, empty Maildir.
+        """
+        path: str = os.path.abspath(self.mktemp())
+        for subdirectory in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(path, subdirectory))
+        return path
+
+    def deliver(self, path: str, subdirectory: str, name: str | bytes, content: bytes) -> str:
+        """
+        Write a message file as an MDA would.
+
+        @return: its path.
+        """
+        if isinstance(name, bytes):
+            target = os.fsdecode(os.path.join(os.fsencode(path), subdirectory.encode(), name))
+        else:
+            target = os.path.join(path, subdirectory, name)
+        with open(target, "wb") as f:
+            f.write(content)
+        return target
+
+    def openDrop(self, path: str) -> Maildir:
+        """
+        Open and lock a Maildir for the rest of the test.
+        """
+        drop = openMaildir(path)
+        self.addCleanup(drop.close)
+        return drop
+
+    def listing(self, drop: IMaildrop) -> Sequence[MessageInfo]:
+        return self.successResultOf(drop.listing())
+
+    def uidls(self, path: str) -> list[bytes]:
+        """
+        @return: the UIDLs of a new session on C{path}, which is then closed.
+        """
+        drop = openMaildir(path)
+        try:
+            return [info.uidl for info in self.listing(drop)]
+        finally:
+            drop.close()
+
+    def readAll(self, message: IMessage, size: int = 4) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            chunk = self.successResultOf(message.read(size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def forbidMeasuring(self) -> None:
+        """
+        Make any reading of a message body to size it fail the test.
+        """
+
+        def refuse(chunks: object) -> int:
+            self.fail("a message body was read to size it")
+
+        self.patch(maildir, "transmittedSize", refuse)
+
+    def countMeasuring(self) -> list[int]:
+        """
+        @return: a list that grows by one item each time a message body is read to size it.
+        """
+        calls: list[int] = []
+
+        def counting(chunks: Iterable[bytes]) -> int:
+            calls.append(1)
+            return transmittedSize(chunks)
+
+        self.patch(maildir, "transmittedSize", counting)
+        return calls
+
+    def failOn(self, name: str, target: Callable[[str], bool], code: int) -> None:
+        """
+        Make C{os.<name>} fail with C{code} for the paths that C{target} accepts.
+        """
+        real = getattr(os, name)
+
+        def faulty(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, str) and target(path):
+                raise _oserror(code)
+            return real(path, *args, **kwargs)
+
+        self.patch(os, name, faulty)
+
+
+class TemplateTests(SynchronousTestCase):
+    """
+    Tests for L{expandTemplate} and the template given to L{MaildirRealm}.
+    """
+
+    def test_placeholders(self) -> None:
+        """
+        C{%u} is the user name, C{%n} its local part, C{%d} its domain, C{%%} a percent sign.
+        """
+        self.assertEqual(
+            expandTemplate("/m/%d/%n/%u/%%", "bob@example.com"),
+            "/m/example.com/bob/bob@example.com/%",
+        )
+
+    def test_noDomain(self) -> None:
+        """
+        Without C{@}, C{%n} is the whole user name and C{%d} is empty.
+        """
+        self.assertEqual(expandTemplate("/m/%n/[%d]", "bob"), "/m/bob/[]")
+
+    def test_lastAt(self) -> None:
+        """
+        The domain is what follows the last C{@}.
+        """
+        self.assertEqual(expandTemplate("%n|%d", "a@b@c"), "a@b|c")
+
+    def test_singlePass(self) -> None:
+        """
+        A C{%} in the user name is copied, not interpreted, and C{%%u} is a literal C{%u}.
+        """
+        self.assertEqual(expandTemplate("/m/%u", "%u%d%%"), "/m/%u%d%%")
+        self.assertEqual(expandTemplate("/m/%%u/%u", "bob"), "/m/%u/bob")
+
+    def test_unknownPlaceholder(self) -> None:
+        """
+        Any other placeholder, or a C{%} ending the template, is a L{ValueError}, raised by the
+        realm's constructor so that a bad configuration is reported before listening.
+        """
+        for template in ["/m/%x", "/m/%U", "/m/%", "/m/%%%", "/m/%u/%/"]:
+            self.assertRaises(ValueError, MaildirRealm, template)
+            self.assertRaises(ValueError, expandTemplate, template, "bob")
+
+
+class ValidUsernameTests(SynchronousTestCase):
+    """
+    Tests for L{validUsername}.
+    """
+
+    def test_valid(self) -> None:
+        """
+        Ordinary names, with or without a domain, non-ASCII letters and a literal C{%2e%2e}
+        (which is never percent-decoded) are valid, up to 255 octets.
+        """
+        for name in [
+            "bob",
+            "bob@example.com",
+            "b.o-b_1+tag@mail.example.com",
+            "jos\u00e9@exampl\u00e9.fr",
+            "%2e%2e",
+            "a..b",
+            "x" * 255,
+            "\u00e9" * 127,
+        ]:
+            self.assertTrue(validUsername(name), name)
+
+    def test_invalid(self) -> None:
+        """
+        Names that are empty, too long, contain separators, control, format or space
+        characters, more than one C{@}, or a local part or domain that is empty or starts with
+        C{.} are refused.
+        """
+        for name in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "x/..",
+            "a/b",
+            "/etc",
+            "a\\b",
+            "..\\x",
+            "a\x00b",
+            "a\nb",
+            "a\rb",
+            "a\tb",
+            "a b",
+            "a\x7fb",
+            "a\x85b",
+            "a\x9bb",
+            "a\u00a0b",
+            "a\u2028b",
+            "a\u202eb",
+            "a\u200bb",
+            "a\udcffb",
+            "x" * 256,
+            "\u00e9" * 128,
+            "@",
+            "a@",
+            "@b",
+            "a@..",
+            "a@.",
+            "..@x",
+            ".@x",
+            ".hidden",
+            "a@.b",
+            "a@b@c",
+        ]:
+            self.assertFalse(validUsername(name), repr(name))
+
+
+class RealmTests(_MaildirTestCase):
+    """
+    Tests for L{MaildirRealm}.
+    """
+
+    def setUp(self) -> None:
+        self.top = os.path.abspath(self.mktemp())
+        self.root = os.path.join(self.top, "mail")
+        os.makedirs(self.root)
+        self.realm = MaildirRealm(os.path.join(self.root, "%u", "Maildir"))
+
+    def login(self, avatarId: bytes) -> tuple[Any, Any, Callable[[], None]]:
+        result: tuple[Any, Any, Callable[[], None]] = self.successResultOf(
+            self.realm.requestAvatar(avatarId, None, IMaildrop)
+        )
+        self.addCleanup(result[2])
+        return result
+
+    def test_interface(self) -> None:
+        """
+        L{MaildirRealm} provides L{IRealm} and its avatars provide L{IMaildrop}.
+        """
+        self.assertTrue(verifyObject(IRealm, self.realm))
+        interface, avatar, logout = self.login(b"bob")
+        self.assertIs(interface, IMaildrop)
+        self.assertTrue(verifyObject(IMaildrop, avatar))
+
+    def test_portal(self) -> None:
+        """
+        Through a L{Portal}, a user who authenticates gets an L{IMaildrop}.
+        """
+        checker = InMemoryUsernamePasswordDatabaseDontUse(bob=b"secret")
+        portal = Portal(self.realm, [checker])
+        interface, avatar, logout = self.successResultOf(
+            portal.login(UsernamePassword(b"bob", b"secret"), None, IMaildrop)
+        )
+        self.addCleanup(logout)
+        self.assertEqual(self.listing(IMaildrop(avatar)), [])
+
+    def test_otherInterface(self) -> None:
+        """
+        Asking for anything but L{IMaildrop} fails with L{NotImplementedError}, and nothing is
+        created.
+        """
+
+        class IOther(Interface):
+            pass
+
+        self.failureResultOf(self.realm.requestAvatar(b"bob", None, IOther), NotImplementedError)
+        self.assertEqual(os.listdir(self.root), [])
+
+    def test_createsMaildir(self) -> None:
+        """
+        The Maildir of a valid user that does not exist is created with C{new}, C{cur} and
+        C{tmp} private to their owner, as Dovecot does, and is empty.
+        """
+        interface, avatar, logout = self.login(b"bob")
+        path = os.path.join(self.root, "bob", "Maildir")
+        for subdirectory in ("new", "cur", "tmp"):
+            mode = os.stat(os.path.join(path, subdirectory)).st_mode
+            self.assertEqual(stat.S_IMODE(mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700)
+        self.assertEqual(self.listing(avatar), [])
+
+    def test_existingMaildir(self) -> None:
+        """
+        An existing Maildir is used as it is.
+        """
+        path = os.path.join(self.root, "bob", "Maildir")
+        for subdirectory in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(path, subdirectory))
+        self.deliver(path, "new", "1700000000.a", b"hello\n")
+        interface, avatar, logout = self.login(b"bob")
+        self.assertEqual(self.listing(avatar), [MessageInfo(7, b"1700000000.a")])
+
+    def test_domainTemplate(self) -> None:
+        """
+        C{%d} and C{%n} place a user's Maildir under its domain.
+        """
+        realm = MaildirRealm(os.path.join(self.root, "%d", "%n"))
+        result = self.successResultOf(realm.requestAvatar(b"bob@example.com", None, IMaildrop))
+        self.addCleanup(result[2])
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "example.com", "bob", "new")))
+
+    def test_partialPrefix(self) -> None:
+        """
+        A template whose first placeholder is inside a file name (C{user-%u}) works.
+        """
+        realm = MaildirRealm(os.path.join(self.root, "user-%u"))
+        result = self.successResultOf(realm.requestAvatar(b"bob", None, IMaildrop))
+        self.addCleanup(result[2])
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "user-bob", "cur")))
+
+    def test_literalPercentEncoding(self) -> None:
+        """
+        C{%2e%2e} is a harmless literal name: it is never percent-decoded into C{..}.
+        """
+        self.login(b"%2e%2e")
+        self.assertEqual(os.listdir(self.root), ["%2e%2e"])
+        self.assertEqual(os.listdir(self.top), ["mail"])
+
+    def test_invalidNames(self) -> None:
+        """
+        A user name that is not valid UTF-8 (including overlong encodings of C{.}), or that
+        L{validUsername} refuses, fails with L{UnauthorizedLogin} before any path is built:
+        nothing is created, inside the mail root or outside it.
+        """
+        for avatarId in [
+            b"..",
+            b"../x",
+            b"../../etc",
+            b"a/b",
+            b"a\\b",
+            b"a\x00b",
+            b"a\nb",
+            b"a\rb",
+            b"\xc2\x85",
+            b"\xe2\x80\xae",
+            b"x" * 256,
+            b"@",
+            b"a@..",
+            b"..@x",
+            b"\xff",
+            b"\xc0\xae\xc0\xae",
+            b"\xed\xb3\xbf",
+        ]:
+            self.failureResultOf(
+                self.realm.requestAvatar(avatarId, None, IMaildrop), UnauthorizedLogin
+            )
+        self.assertEqual(os.listdir(self.root), [])
+        self.assertEqual(os.listdir(self.top), ["mail"])
+
+    def test_anonymous(self) -> None:
+        """
+        The anonymous avatar has no Maildir.
+        """
+        self.failureResultOf(
+            self.realm.requestAvatar(ANONYMOUS, None, IMaildrop), UnauthorizedLogin
+        )
+
+    def test_confinement(self) -> None:
+        """
+        Should a name that escapes the mail root get past L{validUsername}, the expanded path
+        is still refused because, normalised, it leaves the template's fixed prefix.
+        """
+        self.patch(maildir, "validUsername", lambda name: True)
+        for avatarId in [b"..", b"../x", b"../../tmp/x"]:
+            self.failureResultOf(
+                self.realm.requestAvatar(avatarId, None, IMaildrop), UnauthorizedLogin
+            )
+        partial = MaildirRealm(os.path.join(self.root, "user-%u"))
+        self.failureResultOf(partial.requestAvatar(b"/../x", None, IMaildrop), UnauthorizedLogin)
+        self.assertEqual(os.listdir(self.top), ["mail"])
+        self.assertEqual(os.listdir(self.root), [])
+
+    def test_inUse(self) -> None:
+        """
+        A second login while the first session holds the lock fails with L{MaildropInUse}
+        (R10); after C{logout} it succeeds.
+        """
+        interface, avatar, logout = self.successResultOf(
+            self.realm.requestAvatar(b"bob", None, IMaildrop)
+        )
+        self.failureResultOf(self.realm.requestAvatar(b"bob", None, IMaildrop), MaildropInUse)
+        logout()
+        self.login(b"bob")
+
+    def test_createFailure(self) -> None:
+        """
+        A Maildir that cannot be created fails the login with L{TemporaryFailure}; the cause is
+        logged, not passed on.
+        """
+        self.failOn("makedirs", lambda path: True, errno.EIO)
+        failure = self.failureResultOf(
+            self.realm.requestAvatar(b"bob", None, IMaildrop), TemporaryFailure
+        )
+        self.assertEqual(str(failure.value), "")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class ListingTests(_MaildirTestCase):
+    """
+    Tests for L{Maildir.listing}: which messages, in which order, with which sizes and UIDLs.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+
+    def test_interface(self) -> None:
+        """
+        L{openMaildir} returns an L{IMaildrop}.
+        """
+        self.assertTrue(verifyObject(IMaildrop, self.openDrop(self.path)))
+
+    def test_order(self) -> None:
+        """
+        Messages from C{new/} and C{cur/} are listed by delivery time, then base name; the time
+        is the number that starts the name, or else the file's modification time.  Unicode
+        digits are not a time.
+        """
+        self.deliver(self.path, "new", "1700000002.a", b"x\n")
+        self.deliver(self.path, "cur", "1700000001.b:2,S", b"x\n")
+        self.deliver(self.path, "new", "1700000001.a", b"x\n")
+        os.utime(self.deliver(self.path, "cur", "msg:2,", b"x\n"), (0, 1700000001.5))
+        self.deliver(self.path, "new", "9.z", b"x\n")
+        os.utime(self.deliver(self.path, "new", "\u0661\u0662.x", b"x\n"), (0, 1700000003))
+        uidls = [info.uidl for info in self.listing(self.openDrop(self.path))]
+        self.assertEqual(
+            uidls,
+            [
+                b"9.z",
+                b"1700000001.a",
+                b"1700000001.b",
+                b"msg",
+                b"1700000002.a",
+                sha256("\u0661\u0662.x".encode()).hexdigest()[:40].encode(),
+            ],
+        )
+
+    def test_notMessages(self) -> None:
+        """
+        Files in C{tmp/}, dot-files, directories and symbolic links are not messages.
+        """
+        target = self.deliver(self.path, "new", "1.real", b"x\n")
+        self.deliver(self.path, "tmp", "2.tmp", b"x\n")
+        self.deliver(self.path, "new", ".3.hidden", b"x\n")
+        self.deliver(self.path, "cur", ".4.hidden:2,", b"x\n")
+        os.mkdir(os.path.join(self.path, "cur", "5.dir"))
+        os.symlink(target, os.path.join(self.path, "cur", "6.link"))
+        os.symlink("/etc/passwd", os.path.join(self.path, "new", "7.link"))
+        self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(3, b"1.real")])
+
+    def test_empty(self) -> None:
+        """
+        An empty Maildir lists nothing.
+        """
+        self.assertEqual(self.listing(self.openDrop(self.path)), [])
+
+    def test_sizes(self) -> None:
+        """
+        Sizes count octets as transmitted, CRLF line ends included (R19): LF, CRLF and mixed
+        line ends all give the same size, and a missing final line end counts as a CRLF.
+        """
+        self.deliver(self.path, "new", "1.lf", b"a\nb\n")
+        self.deliver(self.path, "new", "2.crlf", b"a\r\nb\r\n")
+        self.deliver(self.path, "new", "3.mixed", b"a\r\nb\n")
+        self.deliver(self.path, "new", "4.unterminated", b"a\nb")
+        self.deliver(self.path, "new", "5.blank", b"\n\n\r\n")
+        sizes = [info.size for info in self.listing(self.openDrop(self.path))]
+        self.assertEqual(sizes, [6, 6, 6, 6, 6])
+
+    def test_sizeAcrossChunks(self) -> None:
+        """
+        A CRLF split between two reads of a large message is counted once (R19).
+        """
+        content = b"x" * 65535 + b"\r\n" + b"y\n" * 100000
+        self.deliver(self.path, "new", "1.big", content)
+        size = self.listing(self.openDrop(self.path))[0].size
+        self.assertEqual(size, len(content) + 100000)
+
+    def test_dovecotSize(self) -> None:
+        """
+        Dovecot's C{,W=<size>} in the base name is the size, used without reading the message
+        nor writing an index, even after flags were added to the name.
+        """
+        self.forbidMeasuring()
+        self.deliver(self.path, "new", "1700000000.M1P2.host,S=10,W=12", b"not 12 octets")
+        self.deliver(self.path, "cur", "1700000001.M3P4.host,W=99,S=98:2,S", b"")
+        listing = self.listing(self.openDrop(self.path))
+        self.assertEqual([info.size for info in listing], [12, 99])
+        self.assertFalse(os.path.exists(os.path.join(self.path, "popd-index")))
+
+    def test_notDovecotSize(self) -> None:
+        """
+        C{W=} that is not a whole comma-separated field, or that follows the C{:}, is not a
+        size.
+        """
+        self.deliver(self.path, "new", "1.a,W=12x", b"a\n")
+        self.deliver(self.path, "cur", "2.b:2,W=12", b"a\n")
+        self.deliver(self.path, "cur", "3.cW=12", b"a\n")
+        sizes = [info.size for info in self.listing(self.openDrop(self.path))]
+        self.assertEqual(sizes, [3, 3, 3])
+
+    def test_noStat(self) -> None:
+        """
+        Listing messages with timestamped C{,W=} names makes no per-file system call.
+        """
+        for n in range(100):
+            self.deliver(self.path, "new", f"{1700000000 + n}.M{n}.host,W=5", b"a\n")
+        drop = self.openDrop(self.path)
+        self.forbidMeasuring()
+        for name in ["stat", "lstat", "open"]:
+            self.failOn(name, lambda path: "/new/" in path, errno.EIO)
+        self.assertEqual(len(self.listing(drop)), 100)
+
+    def test_snapshot(self) -> None:
+        """
+        The listing is taken once: mail delivered during the session is not part of it (R16).
+        """
+        self.deliver(self.path, "new", "1.a", b"a\n")
+        drop = self.openDrop(self.path)
+        first = self.listing(drop)
+        self.deliver(self.path, "new", "2.b", b"a\n")
+        self.assertEqual(self.listing(drop), first)
+        self.assertEqual(len(first), 1)
+
+    def test_movedDuringListing(self) -> None:
+        """
+        A message that another agent moves from C{new/} to C{cur/} between the scans of the two
+        directories is listed, once.
+        """
+        self.deliver(self.path, "new", "1.a", b"a\n")
+        realScandir = os.scandir
+        scanned: list[str] = []
+
+        def scandir(path: str) -> Any:
+            scanned.append(path)
+            if len(scanned) == 2:
+                os.rename(
+                    os.path.join(self.path, "new", "1.a"),
+                    os.path.join(self.path, "cur", "1.a:2,S"),
+                )
+            return realScandir(path)
+
+        self.patch(os, "scandir", scandir)
+        self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(3, b"1.a")])
+
+    def test_renamedBeforeSizing(self) -> None:
+        """
+        A message renamed by another agent after the directory scan and before it is sized is
+        found again by base name.
+        """
+        self.deliver(self.path, "new", "1.a", b"a\n")
+        real = maildir._measure
+        renamed: list[str] = []
+
+        def measure(path: str) -> int:
+            if not renamed:
+                renamed.append(path)
+                os.rename(path, os.path.join(self.path, "cur", "1.a:2,S"))
+            return real(path)
+
+        self.patch(maildir, "_measure", measure)
+        self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(3, b"1.a")])
+
+    def test_removedDuringListing(self) -> None:
+        """
+        A message removed by another agent while the listing is taken is not listed.
+        """
+        self.deliver(self.path, "new", "1.a", b"a\n")
+        self.deliver(self.path, "new", "2.b", b"bb\n")
+        real = maildir._measure
+
+        def measure(path: str) -> int:
+            if path.endswith("1.a"):
+                os.unlink(path)
+            return real(path)
+
+        self.patch(maildir, "_measure", measure)
+        self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(4, b"2.b")])
+
+    def test_unreadableMaildir(self) -> None:
+        """
+        A Maildir that cannot be scanned fails the listing with L{TemporaryFailure}; the cause
+        is logged.
+        """
+        drop = self.openDrop(self.path)
+        self.failOn("scandir", lambda path: True, errno.EIO)
+        self.failureResultOf(drop.listing(), TemporaryFailure)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class UIDLTests(_MaildirTestCase):
+    """
+    Tests for the UIDLs of a Maildir (R22).
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+
+    def test_baseName(self) -> None:
+        """
+        The UIDL is the base name when it is 1 to 70 octets in 0x21-0x7E.
+        """
+        name = "1700000000.M1P2Q3.host,S=3,W=4"
+        self.deliver(self.path, "cur", name + ":2,RS", b"a\n")
+        self.deliver(self.path, "new", "1" + "x" * 69, b"a\n")
+        self.assertEqual(self.uidls(self.path), [name.encode(), b"1" + b"x" * 69])
+
+    def test_digest(self) -> None:
+        """
+        Base names that are too long or have octets outside 0x21-0x7E get the first 40 hex
+        digits of their SHA-256 as UIDL (R22).
+        """
+        names = [b"2.with space", b"3.\xff\xfe", "4.caf\u00e9".encode(), b"5." + b"x" * 70]
+        for name in names:
+            self.deliver(self.path, "new", name, b"a\n")
+        self.assertEqual(
+            self.uidls(self.path), [sha256(name).hexdigest()[:40].encode() for name in names]
+        )
+
+    def test_stable(self) -> None:
+        """
+        UIDLs do not change across sessions, nor when another agent adds flags to a file or
+        moves it from C{new/} to C{cur/}, nor when other messages are removed (R22).
+        """
+        self.deliver(self.path, "new", "1.a", b"a\n")
+        self.deliver(self.path, "new", "2.b", b"a\n")
+        self.deliver(self.path, "new", "3.c" + "x" * 80, b"a\n")
+        before = self.uidls(self.path)
+        self.assertEqual(before, self.uidls(self.path))
+        os.rename(os.path.join(self.path, "new", "2.b"), os.path.join(self.path, "cur", "2.b:2,"))
+        os.rename(
+            os.path.join(self.path, "new", "3.c" + "x" * 80),
+            os.path.join(self.path, "cur", "3.c" + "x" * 80 + ":2,S"),
+        )
+        self.assertEqual(before, self.uidls(self.path))
+        os.unlink(os.path.join(self.path, "new", "1.a"))
+        self.assertEqual(before[1:], self.uidls(self.path))
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.sets(
+            st.text(
+                st.characters(exclude_categories=["Cs"], exclude_characters="/\0:"),
+                min_size=1,
+                max_size=80,
+            ).filter(lambda name: not name.startswith(".") and len(name.encode()) <= 255),
+            max_size=8,
+        )
+    )
+    def test_uidlProperty(self, names: set[str]) -> None:
+        """
+        Whatever the file names, every UIDL is 1 to 70 octets in 0x21-0x7E and UIDLs are unique
+        (R22).
+        """
+        path = self.makeMaildir()
+        for name in names:
+            self.deliver(path, "new", name, b"a\n")
+        uidls = self.uidls(path)
+        self.assertEqual(len(uidls), len(names))
+        self.assertEqual(len(set(uidls)), len(uidls))
+        for uidl in uidls:
+            self.assertTrue(1 <= len(uidl) <= 70)
+            self.assertTrue(all(0x21 <= octet <= 0x7E for octet in uidl), uidl)
+
+
+def _signedIndex(lines: Sequence[bytes], header: bytes = b"popd-index 1", count: int = -1) -> bytes:
+    """
+    Build an index file whose trailer is right for its content.
+    """
+    content = b"".join(line + b"\n" for line in [header, *lines])
+    total = len(lines) if count < 0 else count
+    return content + b"end %d %s\n" % (total, sha256(content).hexdigest().encode())
+
+
+class IndexTests(_MaildirTestCase):
+    """
+    Tests for the size index C{popd-index}.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+        self.index = os.path.join(self.path, "popd-index")
+        self.deliver(self.path, "new", "1.a", b"a\nb\n")
+        self.deliver(self.path, "cur", "2.b:2,S", b"ccc\r\n")
+
+    def session(self) -> list[int]:
+        """
+        @return: the sizes listed by a new session, which is then closed.
+        """
+        drop = openMaildir(self.path)
+        try:
+            return [info.size for info in self.listing(drop)]
+        finally:
+            drop.close()
+
+    def readIndex(self) -> bytes:
+        with open(self.index, "rb") as f:
+            return f.read()
+
+    def writeIndex(self, data: bytes) -> None:
+        with open(self.index, "wb") as f:
+            f.write(data)
+
+    def test_reused(self) -> None:
+        """
+        Sizes computed in one session are saved and used by the next, which reads no body and
+        does not write the index again.
+        """
+        self.assertEqual(self.session(), [6, 5])
+        self.assertTrue(os.path.exists(self.index))
+        self.forbidMeasuring()
+        self.patch(os, "replace", lambda *args: self.fail("the index was written again"))
+        self.assertEqual(self.session(), [6, 5])
+
+    def test_handMadeIndex(self) -> None:
+        """
+        A valid index is trusted: its sizes are used.
+        """
+        self.writeIndex(_signedIndex([b"99 1.a", b"98 2.b"]))
+        self.forbidMeasuring()
+        self.assertEqual(self.session(), [99, 98])
+
+    def test_onlyNewMessagesRead(self) -> None:
+        """
+        Only messages delivered since the index was written are read, and the rewritten index
+        has entries for exactly the messages that exist.
+        """
+        self.session()
+        os.unlink(os.path.join(self.path, "new", "1.a"))
+        self.deliver(self.path, "new", "3.c", b"d\n")
+        calls = self.countMeasuring()
+        self.assertEqual(self.session(), [5, 3])
+        self.assertEqual(len(calls), 1)
+        data = self.readIndex()
+        self.assertEqual(data, _signedIndex([b"5 2.b", b"3 3.c"]))
+
+    def test_atomicDurableWrite(self) -> None:
+        """
+        The index is written to a temporary file that is synced and renamed over the index,
+        then the Maildir directory is synced; no temporary file remains.
+        """
+        synced: list[tuple[int, int]] = []
+        realFsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            info = os.fstat(fd)
+            synced.append((info.st_dev, info.st_ino))
+            realFsync(fd)
+
+        replaced: list[tuple[str, str]] = []
+        realReplace = os.replace
+
+        def replace(source: str, destination: str) -> None:
+            replaced.append((os.path.basename(source), os.path.basename(destination)))
+            synced.append((-1, -1))
+            realReplace(source, destination)
+
+        self.patch(os, "fsync", fsync)
+        self.patch(os, "replace", replace)
+        self.session()
+        directory = os.stat(self.path)
+        self.assertEqual(replaced, [("popd-index.tmp", "popd-index")])
+        index = os.stat(self.index)
+        self.assertEqual(
+            synced,
+            [(index.st_dev, index.st_ino), (-1, -1), (directory.st_dev, directory.st_ino)],
+        )
+        self.assertEqual(
+            sorted(os.listdir(self.path)), ["cur", "new", "popd-index", "popd.lock", "tmp"]
+        )
+
+    def test_namesRoundTrip(self) -> None:
+        """
+        Base names with spaces, percent signs, commas, newlines and octets that are not UTF-8
+        are saved and found again.
+        """
+        names = [b"3.a b", b"4.100%", b"5.x,S=1", b"6.line\nbreak", b"7.\xff\xfe", b"8.\\057"]
+        for name in names:
+            self.deliver(self.path, "new", name, b"z\n")
+        self.assertEqual(self.session(), [6, 5] + [3] * len(names))
+        self.forbidMeasuring()
+        self.assertEqual(self.session(), [6, 5] + [3] * len(names))
+
+    def test_truncated(self) -> None:
+        """
+        An index cut at any length is ignored: sizes are computed again and the index is
+        rewritten whole.
+        """
+        self.session()
+        valid = self.readIndex()
+        calls = self.countMeasuring()
+        for length in range(len(valid)):
+            self.writeIndex(valid[:length])
+            del calls[:]
+            self.assertEqual(self.session(), [6, 5])
+            self.assertEqual(len(calls), 2, length)
+            self.assertEqual(self.readIndex(), valid)
+
+    def test_corrupt(self) -> None:
+        """
+        An index that fails its checksum, has another version, a wrong count, or any entry that
+        is malformed (with a correct checksum) is ignored, never trusted in part.
+        """
+        self.session()
+        valid = self.readIndex()
+        corrupt = [
+            b"\0" * 100,
+            b"garbage\n",
+            valid.replace(b"6 1.a", b"7 1.a"),
+            valid.replace(b"end 2", b"end 3"),
+            valid + b"\n",
+            valid + valid,
+            _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 2"),
+            _signedIndex([b"99 1.a", b"98 2.b"], count=3),
+            _signedIndex([b"99 1.a", b"98 2.b", b""]),
+            _signedIndex([b"99 1.a", b"-98 2.b"]),
+            _signedIndex([b"99 1.a", b"x 2.b"]),
+            _signedIndex([b"99 1.a", b"98  2.b"]),
+            _signedIndex([b"99 1.a", b"98 2.b "]),
+            _signedIndex([b"99 1.a", b"98 2.b", b"97 2.b"]),
+            _signedIndex([b"99 1.a", b"98 2.b", b"97 a%2Fb"]),
+            _signedIndex([b"99 1.a", b"98 2.b", b"97 c%3A2,S"]),
+            _signedIndex([b"99 1.a", b"98 2.b", b"97 %2Ehidden"]),
+            _signedIndex([b"99 1.a", b"98 2.b", b"97 nul%00"]),
+            _signedIndex([b"99 1.a", b"98 2.b", b"1" * 21 + b" c"]),
+            _signedIndex([b"99 1.a", b"98 2.b\rx"]),
+        ]
+        calls = self.countMeasuring()
+        for data in corrupt:
+            self.writeIndex(data)
+            del calls[:]
+            self.assertEqual(self.session(), [6, 5], data)
+            self.assertEqual(len(calls), 2, data)
+            self.assertEqual(self.readIndex(), valid)
+
+    def test_unreadable(self) -> None:
+        """
+        An index that cannot be read (here a directory) is ignored, and when it cannot be
+        replaced either the session goes on with the computed sizes; both faults are logged.
+        """
+        os.mkdir(self.index)
+        self.assertEqual(self.session(), [6, 5])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+    def assertWriteFailureTolerated(self) -> None:
+        """
+        Assert that a session lists the computed sizes, that one error was logged and that
+        neither an index nor a temporary file was left.
+        """
+        self.assertEqual(self.session(), [6, 5])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(sorted(os.listdir(self.path)), ["cur", "new", "popd.lock", "tmp"])
+
+    def test_createFailure(self) -> None:
+        """
+        When the temporary index cannot be created (a full disk), the listing still succeeds
+        with the computed sizes and the error is logged.
+        """
+        temporary = os.path.join(self.path, "popd-index.tmp")
+        self.failOn("open", lambda path: path == temporary, errno.ENOSPC)
+        self.assertWriteFailureTolerated()
+
+    def test_replaceFailure(self) -> None:
+        """
+        When the temporary index cannot be renamed over the index, the listing still succeeds
+        with the computed sizes, the error is logged and the temporary file removed.
+        """
+        self.failOn("replace", lambda path: True, errno.ENOSPC)
+        self.assertWriteFailureTolerated()
+
+    def test_syncFailure(self) -> None:
+        """
+        When the temporary index cannot be synced (an I/O error), the listing still succeeds
+        with the computed sizes, the error is logged and the temporary file removed.
+        """
+
+        def fsync(fd: int) -> None:
+            raise _oserror(errno.EIO)
+
+        self.patch(os, "fsync", fsync)
+        self.assertWriteFailureTolerated()
+
+    def test_directorySyncFailure(self) -> None:
+        """
+        A failure to sync the Maildir directory after the rename is logged and the session
+        goes on.
+        """
+        realOpen = os.open
+
+        def faultyOpen(path: str, flags: int, *args: Any) -> int:
+            if flags & os.O_DIRECTORY:
+                raise _oserror(errno.EIO)
+            return realOpen(path, flags, *args)
+
+        self.patch(os, "open", faultyOpen)
+        self.assertEqual(self.session(), [6, 5])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class OpenTests(_MaildirTestCase):
+    """
+    Tests for L{Maildir.open} and the messages it returns.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+        self.content = b"Subject: hi\n\nbody\n"
+        self.deliver(self.path, "new", "1.a", self.content)
+        self.deliver(self.path, "new", "2.b", b"other\n")
+        self.drop = self.openDrop(self.path)
+        self.listed = self.listing(self.drop)
+
+    def test_read(self) -> None:
+        """
+        An opened message provides L{IMessage} and reads the stored octets in chunks of at most
+        the size asked for, then C{b""}.
+        """
+        message = self.successResultOf(self.drop.open(0))
+        self.assertTrue(verifyObject(IMessage, message))
+        self.assertEqual(self.successResultOf(message.read(3)), b"Sub")
+        self.assertEqual(self.readAll(message), self.content[3:])
+        self.assertEqual(self.successResultOf(message.read(3)), b"")
+        message.close()
+
+    def test_close(self) -> None:
+        """
+        Closing a message is idempotent; reading it afterwards is an error.
+        """
+        message = self.successResultOf(self.drop.open(1))
+        message.close()
+        message.close()
+        self.assertRaises(ValueError, message.read, 1)
+
+    def test_renamedForFlags(self) -> None:
+        """
+        A message renamed by another agent to add the C{S} flag, and moved to C{cur/}, keeps its
+        UIDL and can still be read (R22).
+        """
+        os.rename(os.path.join(self.path, "new", "1.a"), os.path.join(self.path, "cur", "1.a:2,S"))
+        message = self.successResultOf(self.drop.open(0))
+        self.addCleanup(message.close)
+        self.assertEqual(self.readAll(message), self.content)
+        self.drop.close()
+        self.assertEqual(self.uidls(self.path), [info.uidl for info in self.listed])
+
+    def test_renamedTwice(self) -> None:
+        """
+        A message renamed again after it was found again is still found.
+        """
+        cur = os.path.join(self.path, "cur")
+        os.rename(os.path.join(self.path, "new", "1.a"), os.path.join(cur, "1.a:2,S"))
+        self.successResultOf(self.drop.open(0)).close()
+        os.rename(os.path.join(cur, "1.a:2,S"), os.path.join(cur, "1.a:2,RS"))
+        message = self.successResultOf(self.drop.open(0))
+        self.addCleanup(message.close)
+        self.assertEqual(self.readAll(message), self.content)
+
+    def test_gone(self) -> None:
+        """
+        A message removed by another agent after the listing fails with L{MessageGone}.
+        """
+        os.unlink(os.path.join(self.path, "new", "1.a"))
+        self.failureResultOf(self.drop.open(0), MessageGone)
+
+    def test_openFailure(self) -> None:
+        """
+        Any other error opening the message fails with L{TemporaryFailure}, whose text says
+        nothing; the cause is logged.
+        """
+        self.failOn("open", lambda path: path.endswith("1.a"), errno.EIO)
+        failure = self.failureResultOf(self.drop.open(0), TemporaryFailure)
+        self.assertEqual(str(failure.value), "")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_readFailure(self) -> None:
+        """
+        An error reading the message fails the read with L{TemporaryFailure}; it is logged.
+        """
+        message = self.successResultOf(self.drop.open(0))
+        self.addCleanup(message.close)
+
+        def read(fd: int, size: int) -> bytes:
+            raise _oserror(errno.EIO)
+
+        self.patch(os, "read", read)
+        self.failureResultOf(message.read(10), TemporaryFailure)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_badIndex(self) -> None:
+        """
+        An index outside the listing is an L{IndexError}.
+        """
+        for index in [-1, 2, 100]:
+            self.assertRaises(IndexError, self.drop.open, index)
+
+
+class CommitTests(_MaildirTestCase):
+    """
+    Tests for L{Maildir.commit} and L{Maildir.close} (R23, R24).
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+        self.names = ["1.a", "2.b", "3.c", "4.d"]
+        for name in self.names:
+            self.deliver(self.path, "new", name, b"a\n")
+        self.drop = self.openDrop(self.path)
+        self.listing(self.drop)
+
+    def remaining(self) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.path, "new"))) + sorted(
+            os.listdir(os.path.join(self.path, "cur"))
+        )
+
+    def test_removesExactly(self) -> None:
+        """
+        C{commit} removes exactly the messages at the given indices and reports none failed
+        (R23).
+        """
+        self.assertEqual(list(self.successResultOf(self.drop.commit([1, 3]))), [])
+        self.assertEqual(self.remaining(), ["1.a", "3.c"])
+
+    def test_renamed(self) -> None:
+        """
+        A message renamed or moved by another agent is found by base name and removed; a
+        message with the same base name prefix is not.
+        """
+        os.rename(os.path.join(self.path, "new", "2.b"), os.path.join(self.path, "cur", "2.b:2,S"))
+        self.deliver(self.path, "cur", "2.bb:2,", b"a\n")
+        self.assertEqual(list(self.successResultOf(self.drop.commit([1]))), [])
+        self.assertEqual(self.remaining(), ["1.a", "3.c", "4.d", "2.bb:2,"])
+
+    def test_alreadyGone(self) -> None:
+        """
+        A message that another agent already removed counts as removed.
+        """
+        os.unlink(os.path.join(self.path, "new", "1.a"))
+        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1]))), [])
+        self.assertEqual(self.remaining(), ["3.c", "4.d"])
+
+    def test_deliveredDuringSession(self) -> None:
+        """
+        Mail delivered during the session is never removed, even when every listed message is.
+        """
+        self.deliver(self.path, "new", "5.e", b"a\n")
+        self.deliver(self.path, "cur", "0.z:2,", b"a\n")
+        self.assertEqual(list(self.successResultOf(self.drop.commit(range(4)))), [])
+        self.assertEqual(self.remaining(), ["5.e", "0.z:2,"])
+
+    def test_unlinkFailure(self) -> None:
+        """
+        A message that cannot be removed is reported by index, the others are still removed,
+        and the cause is logged (R23).
+        """
+        self.failOn("unlink", lambda path: path.endswith("2.b"), errno.EIO)
+        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1, 2]))), [1])
+        self.assertEqual(self.remaining(), ["2.b", "4.d"])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_durable(self) -> None:
+        """
+        After removing, C{commit} syncs the C{cur/} and C{new/} directories.
+        """
+        synced: list[tuple[int, int]] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            info = os.fstat(fd)
+            synced.append((info.st_dev, info.st_ino))
+            real(fd)
+
+        self.patch(os, "fsync", fsync)
+        self.successResultOf(self.drop.commit([0]))
+        expected = set()
+        for subdirectory in ("cur", "new"):
+            info = os.stat(os.path.join(self.path, subdirectory))
+            expected.add((info.st_dev, info.st_ino))
+        self.assertEqual(set(synced), expected)
+
+    def test_syncFailure(self) -> None:
+        """
+        When a directory cannot be synced, the messages removed from it are reported as not
+        removed, since the removal may not survive a crash.
+        """
+        os.rename(os.path.join(self.path, "new", "2.b"), os.path.join(self.path, "cur", "2.b:2,S"))
+
+        def fsync(fd: int) -> None:
+            if os.path.samestat(os.fstat(fd), os.stat(os.path.join(self.path, "new"))):
+                raise _oserror(errno.EIO)
+
+        self.patch(os, "fsync", fsync)
+        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1, 2]))), [0, 2])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_badIndex(self) -> None:
+        """
+        An index outside the listing is an L{IndexError}, and nothing is removed.
+        """
+        self.assertRaises(IndexError, self.drop.commit, [0, 4])
+        self.assertRaises(IndexError, self.drop.commit, [-1])
+        self.assertEqual(self.remaining(), self.names)
+
+    def test_closeRemovesNothing(self) -> None:
+        """
+        Closing without committing removes nothing (R24); closing is idempotent and leaves the
+        lock file in place.
+        """
+        self.successResultOf(self.drop.close())
+        self.successResultOf(self.drop.close())
+        self.assertEqual(self.remaining(), self.names)
+        self.assertTrue(os.path.exists(os.path.join(self.path, "popd.lock")))
+
+
+class LockTests(_MaildirTestCase):
+    """
+    Tests for the exclusive lock of a Maildir (R10).
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+
+    def spawnLocker(self, hold: bool) -> subprocess.Popen[str]:
+        """
+        Start a Python process that tries to lock the Maildir and prints C{locked} or
+        C{in-use}; with C{hold}, it keeps the lock until its standard input closes.
+        """
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [_PROJECT, *filter(None, [environment.get("PYTHONPATH")])]
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", _LOCKER, self.path],
+            stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=environment,
+            text=True,
+        )
+        self.addCleanup(self.reap, process)
+        return process
+
+    def reap(self, process: subprocess.Popen[str]) -> None:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+    def otherProcess(self) -> str:
+        """
+        @return: what another process reports when it tries to take the lock.
+        """
+        process = self.spawnLocker(hold=False)
+        output, _ = process.communicate(timeout=30)
+        return output.strip()
+
+    def test_sameProcess(self) -> None:
+        """
+        A second session of the same process gets L{MaildropInUse} until the first closes.
+        """
+        drop = openMaildir(self.path)
+        self.assertRaises(MaildropInUse, openMaildir, self.path)
+        drop.close()
+        self.openDrop(self.path)
+
+    def test_realPath(self) -> None:
+        """
+        Locks are per Maildir, not per path: a symbolic link to a locked Maildir is in use.
+        """
+        link = os.path.abspath(self.mktemp())
+        os.symlink(self.path, link)
+        self.openDrop(self.path)
+        self.assertRaises(MaildropInUse, openMaildir, link)
+
+    def test_otherProcess(self) -> None:
+        """
+        Another process gets L{MaildropInUse} while this one holds the lock, and the lock once
+        it is released.
+        """
+        drop = openMaildir(self.path)
+        self.assertEqual(self.otherProcess(), "in-use")
+        drop.close()
+        self.assertEqual(self.otherProcess(), "locked")
+
+    def test_refusalKeepsLock(self) -> None:
+        """
+        Refusing a second session of this process does not release the first one's lock, as
+        closing a descriptor of the lock file would.
+        """
+        self.openDrop(self.path)
+        self.assertRaises(MaildropInUse, openMaildir, self.path)
+        self.assertEqual(self.otherProcess(), "in-use")
+
+    def test_heldByOtherProcess(self) -> None:
+        """
+        While another process holds the lock, this one gets L{MaildropInUse}; once that process
+        is killed with C{SIGKILL}, the lock is free at once.
+        """
+        process = self.spawnLocker(hold=True)
+        assert process.stdout is not None
+        self.assertEqual(process.stdout.readline().strip(), "locked")
+        self.assertRaises(MaildropInUse, openMaildir, self.path)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        self.openDrop(self.path)
+
+    def test_lockFileFailure(self) -> None:
+        """
+        A lock file that cannot be opened fails with L{TemporaryFailure}; the cause is logged.
+        """
+        failing = [True]
+        self.failOn("open", lambda path: failing[0] and path.endswith("popd.lock"), errno.EIO)
+        self.assertRaises(TemporaryFailure, openMaildir, self.path)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        failing[0] = False
+        self.openDrop(self.path)
