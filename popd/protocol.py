@@ -491,12 +491,11 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         The SASL mechanisms usable on this connection now.
         """
         cleartext = self._cleartextAllowed()
-        haveSecrets = self.factory.apopAvailable()
+        portal = self.factory.portal
         return [
             mechanism
             for mechanism in self.factory.mechanisms
-            if (cleartext or not mechanism.cleartext)
-            and (haveSecrets or not mechanism.needsPlaintextSecret)
+            if (cleartext or not mechanism.cleartext) and mechanism.available(portal)
         ]
 
     def do_AUTH(self, argument: bytes) -> Deferred[Any] | None:
@@ -549,14 +548,32 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         try:
             result = exchange.respond(response)
         except MalformedResponse:
-            self._saslExchange = None
-            self._badCommand(Response.SASL_MALFORMED)
+            self._saslMalformed()
+            return None
+        if isinstance(result, Deferred):
+            return result.addCallbacks(self._saslAnswer, self._saslFailed)
+        return self._saslAnswer(result)
+
+    def _saslAnswer(self, result: Challenge | ICredentials) -> Deferred[Any] | None:
+        if self._closing():
             return None
         if isinstance(result, Challenge):
             self.sendLine(b"+ " + binascii.b2a_base64(result.data, newline=False))
             return None
         self._saslExchange = None
         return self._login(result)
+
+    def _saslFailed(self, reason: Failure) -> Failure | None:
+        if not reason.check(MalformedResponse):
+            self._saslExchange = None
+            return reason
+        if not self._closing():
+            self._saslMalformed()
+        return None
+
+    def _saslMalformed(self) -> None:
+        self._saslExchange = None
+        self._badCommand(Response.SASL_MALFORMED)
 
     def _login(self, credentials: ICredentials) -> Deferred[Any]:
         """

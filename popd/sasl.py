@@ -14,7 +14,14 @@ import secrets
 import time
 from typing import NamedTuple
 
-from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, UsernamePassword
+from twisted.cred.credentials import (
+    ICredentials,
+    IUsernameHashedPassword,
+    IUsernamePassword,
+    UsernamePassword,
+)
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -37,13 +44,17 @@ class ISASLExchange(Interface):
     One run of a mechanism, for one C{AUTH} command.
     """
 
-    def respond(response: bytes | None) -> Challenge | ICredentials:
+    def respond(
+        response: bytes | None,
+    ) -> Challenge | ICredentials | Deferred[Challenge | ICredentials]:
         """
         Take the client's next (base64-decoded) response.
 
         @param response: the response, or L{None} when C{AUTH} came without an initial one.
-        @return: the next challenge, or the credentials to log in with.
-        @raise MalformedResponse: when the response cannot be understood.
+        @return: the next challenge, or the credentials to log in with, or a L{Deferred} firing
+            with either (for mechanisms that must look up a user's secrets on the way).
+        @raise MalformedResponse: when the response cannot be understood (or fail the
+            L{Deferred} with it).
         """
 
 
@@ -57,10 +68,12 @@ class ISASLMechanism(Interface):
         "Whether the password crosses the wire as it is: such mechanisms are only offered "
         "where USER/PASS is (RFC 2595 section 2.2)."
     )
-    needsPlaintextSecret: bool = Attribute(
-        "Whether checking needs the stored secret in the clear: offered only when a checker "
-        "accepts IUsernameHashedPassword credentials."
-    )
+
+    def available(portal: Portal) -> bool:
+        """
+        Whether C{portal} can check what this mechanism produces; a mechanism is offered only
+        then.
+        """
 
     def exchange(hostname: bytes) -> ISASLExchange:
         """
@@ -108,7 +121,9 @@ class Plain:
 
     name = b"PLAIN"
     cleartext = True
-    needsPlaintextSecret = False
+
+    def available(self, portal: Portal) -> bool:
+        return IUsernamePassword in portal.listCredentialsInterfaces()
 
     def exchange(self, hostname: bytes) -> ISASLExchange:
         return _PlainExchange()
@@ -139,7 +154,9 @@ class Login:
 
     name = b"LOGIN"
     cleartext = True
-    needsPlaintextSecret = False
+
+    def available(self, portal: Portal) -> bool:
+        return IUsernamePassword in portal.listCredentialsInterfaces()
 
     def exchange(self, hostname: bytes) -> ISASLExchange:
         return _LoginExchange()
@@ -192,7 +209,10 @@ class CramMD5:
 
     name = b"CRAM-MD5"
     cleartext = False
-    needsPlaintextSecret = True
+
+    def available(self, portal: Portal) -> bool:
+        # Checking an HMAC needs the secret in the clear, as for APOP.
+        return IUsernameHashedPassword in portal.listCredentialsInterfaces()
 
     def exchange(self, hostname: bytes) -> ISASLExchange:
         return _CramMD5Exchange(hostname)
