@@ -23,10 +23,14 @@ class MessageInfo(NamedTuple):
         a final CRLF supplied when the stored message lacks one, before byte-stuffing.
     @ivar uidl: the unique-id listing, 1 to 70 octets in 0x21-0x7E, stable for the life of the
         message and never reused (RFC 1939 section 7).
+    @ivar retrievedAt: when a session that reached UPDATE first retrieved the message (POSIX
+        seconds), or L{None} if none has or the store does not record it.  The EXPIRE policy
+        (RFC 2449 section 6.7) removes only messages retrieved long enough ago.
     """
 
     size: int
     uidl: bytes
+    retrievedAt: float | None = None
 
 
 class IMessage(Interface):
@@ -74,10 +78,13 @@ class IMaildrop(Interface):
             L{popd.errors.MessageGone} when another agent removed the message.
         """
 
-    def commit(deleted: Collection[int]) -> Deferred[Collection[int]]:
+    def commit(deleted: Collection[int], retrieved: Collection[int]) -> Deferred[Collection[int]]:
         """
-        Enter the UPDATE state: remove exactly the messages at these indices.  A message that is
-        already gone counts as removed.
+        Enter the UPDATE state: remove exactly the messages at the indices C{deleted}, and
+        record that those at C{retrieved} (retrieved in this session and not deleted) were
+        retrieved now, unless an earlier retrieval is already recorded.  A message that is
+        already gone counts as removed.  Recording is best effort: a store that cannot record
+        retrievals simply never reports L{MessageInfo.retrievedAt}.
 
         @return: a L{Deferred} firing with the indices that could not be removed (empty when all
             were), or failing with L{popd.errors.TemporaryFailure} or

@@ -5,22 +5,25 @@ per user.
 A Maildir is shared with other agents: the MTA delivers into C{new/} while a session is open, and
 IMAP servers rename files to add flags or move them from C{new/} to C{cur/}.  A message is
 therefore identified by its I{base name}, the file name before the first C{:}, which no agent
-changes for the life of the message.
+changes for the life of the message.  popd itself renames a message it retrieved, as Dovecot does:
+it moves it to C{cur/} and adds the C{S} (seen) flag.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 import re
 import sys
+import time
 import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from operator import itemgetter
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from twisted.cred.error import UnauthorizedLogin
@@ -53,9 +56,15 @@ _SUBDIRECTORIES = ("new", "cur", "tmp")
 _LOCK_FILE = "popd.lock"
 _INDEX_FILE = "popd-index"
 _INDEX_TEMPORARY = "popd-index.tmp"
-_INDEX_HEADER = b"popd-index 1\n"
+# The version written, and the older versions still read with the entry format of each.
+_INDEX_HEADER = b"popd-index 2\n"
+_INDEX_ENTRIES = {
+    b"popd-index 1\n": re.compile(rb"([0-9]{1,20}) ([!-~]+)"),
+    _INDEX_HEADER: re.compile(rb"([0-9]{1,20}|-) ([!-~]+)(?: ([0-9]{1,20}))?"),
+}
 _INDEX_TRAILER = re.compile(rb"end ([0-9]{1,10}) ([0-9a-f]{64})")
-_INDEX_ENTRY = re.compile(rb"([0-9]{1,20}) ([!-~]+)")
+# Retrieval times are saved as whole seconds of at most 20 digits, as sizes are.
+_MAX_TIME = 10**20
 # Bytes written as-is in index entries; everything else is percent-encoded.
 _INDEX_SAFE = ",="
 _CHUNK = 65536
@@ -68,6 +77,10 @@ _PRINTABLE_UIDL = re.compile(r"[!-~]{1,70}")
 # Not in a base name: a leading dot (hidden files), a path separator, the flags separator, NUL.
 _NOT_BASE_NAME = re.compile(rb"^\.|[/:\0]")
 _DIGEST_LENGTH = 40
+# The information part of a Maildir name that popd can add the seen flag to: version 2 and
+# single-letter flags, as Maildir, Courier and Dovecot write them.
+_FLAGS = re.compile(r"2,([A-Za-z]*)")
+_SEEN = "S"
 
 # O_NOFOLLOW: a symbolic link placed in a Maildir must not make popd read (or write over) a file
 # the Maildir's owner could not read, when popd runs with more privileges than that owner.
@@ -244,7 +257,7 @@ class MaildirRealm:
 _lockedMaildirs: set[str] = set()
 
 
-def openMaildir(path: str) -> Maildir:
+def openMaildir(path: str, clock: Callable[[], float] = time.time) -> Maildir:
     """
     Open a Maildir for one session, creating it when it does not exist, and lock it.
 
@@ -252,6 +265,7 @@ def openMaildir(path: str) -> Maildir:
     other popd sessions of this process, of other processes and, over NFS, of other hosts, and
     the kernel releases it when the process dies.
 
+    @param clock: gives the current POSIX time, recorded when messages are first retrieved.
     @raise MaildropInUse: another session holds the lock.
     @raise TemporaryFailure: the Maildir could not be created or the lock file opened (the
         cause is logged).
@@ -266,7 +280,7 @@ def openMaildir(path: str) -> Maildir:
         _log.failure("Could not open the Maildir {path!r}", path=path, level=LogLevel.error)
         raise TemporaryFailure() from None
     _lockedMaildirs.add(realPath)
-    return Maildir(realPath, lockFD)
+    return Maildir(realPath, lockFD, clock)
 
 
 def _create(path: str) -> None:
@@ -358,55 +372,115 @@ def _measure(path: str) -> int:
         os.close(fd)
 
 
-def _parseIndex(data: bytes) -> dict[str, int] | None:
+class _Entry(NamedTuple):
     """
-    Parse the content of a size index.
+    What the index saves of one message.
 
-    The format is a version line, one C{<size> <base name>} line per message with the base name
-    percent-encoded, then C{end <count> <sha256>} where the hash covers all that precedes it.
-    Any disagreement (truncation, a torn or foreign write, a bad entry) rejects the whole file:
-    an index is only a cache, and a wrong size breaks every client that trusts C{LIST}.
+    @ivar size: the size as transmitted, when it had to be computed; L{None} when the base name
+        carries it (Dovecot's C{,W=}).
+    @ivar retrievedAt: when a committed session first retrieved the message, in whole POSIX
+        seconds, or L{None}.
+    """
 
-    @return: the size of each base name, or L{None} when C{data} is not a valid index.
+    size: int | None
+    retrievedAt: int | None = None
+
+
+def _parseIndex(data: bytes) -> dict[str, _Entry] | None:
+    """
+    Parse the content of an index.
+
+    The format is a version line, one line per message, then C{end <count> <sha256>} where the
+    hash covers all that precedes it.  In version 2 a message's line is C{<size> <base name>}
+    or C{<size> <base name> <retrieved>}, with C{-} as size when the base name carries it, and
+    at least one of the size and the retrieval time; the base name is percent-encoded and the
+    time is in whole POSIX seconds.  Version 1, which only saved sizes, has C{<size> <base
+    name>} lines only.  Any disagreement (truncation, a torn or foreign write, a bad entry)
+    rejects the whole file: an index is only a cache, and a wrong size breaks every client that
+    trusts C{LIST}.
+
+    @return: the entry of each base name, or L{None} when C{data} is not a valid index.
     """
     content, newline, trailer = data.removesuffix(b"\n").rpartition(b"\n")
     content += newline
     match = _INDEX_TRAILER.fullmatch(trailer)
+    header, _, body = content.partition(b"\n")
+    entryFormat = _INDEX_ENTRIES.get(header + b"\n")
     if (
         not data.endswith(b"\n")
         or match is None
-        or not content.startswith(_INDEX_HEADER)
+        or entryFormat is None
         or sha256(content).hexdigest().encode("ascii") != match.group(2)
     ):
         return None
-    lines = content[len(_INDEX_HEADER) :].split(b"\n")[:-1]
+    lines = body.split(b"\n")[:-1]
     if len(lines) != int(match.group(1)):
         return None
-    sizes: dict[str, int] = {}
+    entries: dict[str, _Entry] = {}
     for line in lines:
-        entry = _INDEX_ENTRY.fullmatch(line)
+        entry = entryFormat.fullmatch(line)
         if entry is None:
             return None
-        name = unquote_to_bytes(entry.group(2))
+        size, encoded, *retrieved = entry.groups()
+        if size == b"-" and retrieved[0] is None:
+            return None
+        name = unquote_to_bytes(encoded)
         if _NOT_BASE_NAME.search(name):
             return None
         baseName = name.decode(_FS_ENCODING, _FS_ERRORS)
-        if baseName in sizes:
+        if baseName in entries:
             return None
-        sizes[baseName] = int(entry.group(1))
-    return sizes
+        entries[baseName] = _Entry(
+            None if size == b"-" else int(size),
+            None if not retrieved or retrieved[0] is None else int(retrieved[0]),
+        )
+    return entries
 
 
-def _formatIndex(sizes: dict[str, int]) -> bytes:
+def _formatIndex(entries: dict[str, _Entry]) -> bytes:
     """
-    @return: the content of a size index of C{sizes}: see L{_parseIndex}.
+    @return: the content of an index of C{entries} in the current version: see L{_parseIndex}.
+        Entries that save nothing are left out.
     """
-    content = _INDEX_HEADER + b"".join(
-        b"%d %s\n" % (size, quote_from_bytes(os.fsencode(name), _INDEX_SAFE).encode("ascii"))
-        for name, size in sorted(sizes.items())
-    )
+    lines = []
+    for name, (size, retrievedAt) in sorted(entries.items()):
+        if size is None and retrievedAt is None:
+            continue
+        line = b"%s %s" % (
+            b"-" if size is None else b"%d" % (size,),
+            quote_from_bytes(os.fsencode(name), _INDEX_SAFE).encode("ascii"),
+        )
+        if retrievedAt is not None:
+            line += b" %d" % (retrievedAt,)
+        lines.append(line + b"\n")
+    content = _INDEX_HEADER + b"".join(lines)
     digest = sha256(content).hexdigest().encode("ascii")
-    return content + b"end %d %s\n" % (len(sizes), digest)
+    return content + b"end %d %s\n" % (len(lines), digest)
+
+
+def _seenName(fileName: str) -> str | None:
+    """
+    @return: the name of C{fileName} in C{cur/} with the C{S} flag added to its flags, which
+        are kept and sorted; L{None} when its information part is not one this can extend.
+    """
+    baseName, colon, information = fileName.partition(":")
+    flags = ""
+    if colon:
+        match = _FLAGS.fullmatch(information)
+        if match is None:
+            return None
+        flags = match.group(1)
+    return f"{baseName}:2,{''.join(sorted(set(flags) | {_SEEN}))}"
+
+
+def _wholeSeconds(now: float) -> int | None:
+    """
+    @return: C{now} rounded down to whole seconds, or L{None} when it is not a time an index
+        can save.
+    """
+    if not math.isfinite(now) or not 0 <= now < _MAX_TIME:
+        return None
+    return math.floor(now)
 
 
 def _fsyncDirectory(path: str) -> None:
@@ -418,6 +492,18 @@ def _fsyncDirectory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _ScanFailed(Exception):
+    """
+    A scan to find messages again failed.
+
+    @ivar indices: the messages that were to be found.
+    """
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(indices)
+        self.indices = indices
 
 
 @dataclass(slots=True)
@@ -486,20 +572,27 @@ class Maildir:
 
     Sizes come from Dovecot's C{,W=} in the file name when it is there; otherwise they are
     computed once by reading the message and kept in the file C{popd-index} of the Maildir, so
-    that a session only reads the bodies of the messages delivered since the last one.
+    that a session only reads the bodies of the messages delivered since the last one.  The
+    same index keeps when each message was first retrieved by a session that committed, for the
+    EXPIRE policy (RFC 2449 section 6.7); it is keyed by base name, so it survives other agents'
+    renames, and its loss only makes messages look never retrieved.
 
     @ivar path: the real path of the Maildir.
     """
 
-    def __init__(self, path: str, lockFD: int) -> None:
+    def __init__(self, path: str, lockFD: int, clock: Callable[[], float] = time.time) -> None:
         """
         @param path: the real path of the Maildir, locked by this process.
         @param lockFD: the descriptor of its lock file, owned by this object from now on.
+        @param clock: gives the current POSIX time, recorded when messages are first retrieved.
         """
         self.path = path
         self._lockFD: int | None = lockFD
+        self._clock = clock
         self._listing: list[MessageInfo] | None = None
         self._messages: list[_Message] = []
+        # What the index should hold for the listed messages, by base name.
+        self._entries: dict[str, _Entry] = {}
 
     def listing(self) -> Deferred[Sequence[MessageInfo]]:
         """
@@ -518,39 +611,48 @@ class Maildir:
 
     def _takeListing(self) -> list[MessageInfo]:
         """
-        Read the Maildir, remember where each message is in L{_messages}, and save the sizes
-        that had to be computed.
+        Read the Maildir, remember where each message is in L{_messages} and what the index
+        should hold in L{_entries}, and save the sizes that had to be computed.
 
         @return: the listing.
 
         @raise OSError: the Maildir cannot be read.
         """
         known = self._readIndex()
-        sizes: dict[str, int] = {}
+        entries: dict[str, _Entry] = {}
         computed = False
-        found: list[tuple[int, str, _Message, int]] = []
+        found: list[tuple[int, str, _Message, int, int | None]] = []
         for baseName, (subdirectory, fileName) in self._scan().items():
             message = _Message(baseName, subdirectory, fileName)
+            entry = known.get(baseName, _Entry(None))
             try:
-                time = _deliveryTime(baseName)
-                if time is None:
-                    time = int(self._onFile(message, os.lstat).st_mtime)
+                delivered = _deliveryTime(baseName)
+                if delivered is None:
+                    delivered = int(self._onFile(message, os.lstat).st_mtime)
                 size = _dovecotSize(baseName)
-                if size is None:
-                    size = known.get(baseName)
+                if size is not None:
+                    # The name is the authority; an index never overrides it.
+                    entry = entry._replace(size=None)
+                else:
+                    size = entry.size
                     if size is None:
                         size = self._onFile(message, _measure)
                         computed = True
-                    sizes[baseName] = size
+                        entry = entry._replace(size=size)
             except MessageGone:
                 # Removed by another agent: it is not part of this session.
                 continue
-            found.append((time, baseName, message, size))
+            entries[baseName] = entry
+            found.append((delivered, baseName, message, size, entry.retrievedAt))
         found.sort(key=itemgetter(0, 1))
-        self._messages = [message for _, _, message, _ in found]
+        self._messages = [message for _, _, message, _, _ in found]
+        self._entries = entries
         if computed:
-            self._writeIndex(sizes)
-        return [MessageInfo(size, _uidl(baseName)) for _, baseName, _, size in found]
+            self._writeIndex(entries)
+        return [
+            MessageInfo(size, _uidl(baseName), None if retrievedAt is None else float(retrievedAt))
+            for _, baseName, _, size, retrievedAt in found
+        ]
 
     def _scan(self) -> dict[str, tuple[str, str]]:
         """
@@ -614,9 +716,10 @@ class Maildir:
             raise IndexError(index)
         return self._messages[index]
 
-    def _readIndex(self) -> dict[str, int]:
+    def _readIndex(self) -> dict[str, _Entry]:
         """
-        @return: the sizes saved in the index; none when it is missing, unreadable or invalid.
+        @return: the entries saved in the index, of either version; none when it is missing,
+            unreadable or invalid.
         """
         path = os.path.join(self.path, _INDEX_FILE)
         try:
@@ -630,17 +733,17 @@ class Maildir:
         except OSError:
             _log.failure("Ignoring the unreadable index {path!r}", path=path, level=LogLevel.warn)
             return {}
-        sizes = _parseIndex(data)
-        if sizes is None:
+        entries = _parseIndex(data)
+        if entries is None:
             _log.warn("Ignoring the invalid index {path!r}", path=path)
             return {}
-        return sizes
+        return entries
 
-    def _writeIndex(self, sizes: dict[str, int]) -> None:
+    def _writeIndex(self, entries: dict[str, _Entry]) -> None:
         """
-        Replace the index atomically and durably with C{sizes}.  Failure is logged and
+        Replace the index atomically and durably with C{entries}.  Failure is logged and
         otherwise ignored: the sizes are right for this session, and the next one will compute
-        them again.
+        them again; retrievals not saved are recorded again when next retrieved.
         """
         temporary = os.path.join(self.path, _INDEX_TEMPORARY)
         try:
@@ -650,7 +753,7 @@ class Maildir:
                 0o600,
             )
             with open(fd, "wb") as index:
-                index.write(_formatIndex(sizes))
+                index.write(_formatIndex(entries))
                 index.flush()
                 os.fsync(fd)
             os.replace(temporary, os.path.join(self.path, _INDEX_FILE))
@@ -685,20 +788,29 @@ class Maildir:
             return fail(TemporaryFailure())
         return succeed(_MaildirMessage(fd))
 
-    def commit(self, deleted: Collection[int]) -> Deferred[Collection[int]]:
+    def commit(
+        self, deleted: Collection[int], retrieved: Collection[int]
+    ) -> Deferred[Collection[int]]:
         """
-        Remove the messages at the indices C{deleted}, wherever another agent moved them, then
-        make the removals durable.
+        Remove the messages at the indices C{deleted}, wherever another agent moved them; mark
+        those at C{retrieved} (except any also in C{deleted}) as retrieved; then make the
+        removals durable and save the retrieval times.
 
         A message already gone counts as removed.  A failure to remove one message does not
         stop the others.  A message renamed again between the rescan and the second attempt is
         counted as removed: it stays, and is listed again next session.
 
+        A retrieved message gets a retrieval time in the index unless it has one already, and,
+        as Dovecot does, is moved from C{new/} to C{cur/} with the C{S} flag added to its
+        flags.  Both are best effort: failures are logged, never reported, and neither changes
+        the base name (so the UIDL) nor the content of the message.
+
         @return: a L{Deferred} firing with the indices of the messages that could not be
             removed, or not durably (the causes are logged).
-        @raise IndexError: an index is not in the listing; nothing was removed.
+        @raise IndexError: an index is not in the listing; nothing was changed.
         """
         messages = {index: self._message(index) for index in deleted}
+        seen = {index: self._message(index) for index in retrieved if index not in messages}
         failed: set[int] = set()
         removed: dict[str, list[int]] = {"new": [], "cur": []}
 
@@ -719,17 +831,15 @@ class Maildir:
                 removed[message.subdirectory].append(index)
             return True
 
-        missing = [index for index, message in messages.items() if not remove(index, message)]
-        if missing:
-            try:
-                found = self._scan()
-            except OSError:
-                _log.failure("Could not list {path!r}", path=self.path, level=LogLevel.error)
-                failed.update(missing)
-            else:
-                for index in missing:
-                    if self._relocate(messages[index], found):
-                        remove(index, messages[index])
+        try:
+            self._retryMissing(messages, remove)
+        except _ScanFailed as e:
+            failed.update(e.indices)
+        try:
+            # Before the directories are synced: that makes the renames durable too.
+            self._retryMissing(seen, lambda index, message: self._markSeen(message))
+        except _ScanFailed:
+            pass
         for subdirectory, indices in removed.items():
             try:
                 _fsyncDirectory(os.path.join(self.path, subdirectory))
@@ -740,7 +850,92 @@ class Maildir:
                     level=LogLevel.error,
                 )
                 failed.update(indices)
+        self._recordRetrievals(
+            [message.baseName for message in seen.values()],
+            [messages[index].baseName for index in messages if index not in failed],
+        )
         return succeed(sorted(failed))
+
+    def _retryMissing(
+        self, messages: dict[int, _Message], attempt: Callable[[int, _Message], bool]
+    ) -> None:
+        """
+        Apply C{attempt} to each message, then, after a single scan, once more to each that
+        was not where it was last seen (C{attempt} returned C{False}) but was found again.
+
+        @raise _ScanFailed: the scan failed (it is logged); C{attempt} was not retried.
+        """
+        missing = [index for index, message in messages.items() if not attempt(index, message)]
+        if missing:
+            try:
+                found = self._scan()
+            except OSError:
+                _log.failure("Could not list {path!r}", path=self.path, level=LogLevel.error)
+                raise _ScanFailed(missing) from None
+            for index in missing:
+                if self._relocate(messages[index], found):
+                    attempt(index, messages[index])
+
+    def _markSeen(self, message: _Message) -> bool:
+        """
+        Move C{message} to C{cur/} with the C{S} flag, keeping its other flags, as Dovecot does
+        when a message is retrieved.  A message already there with the flag, one whose name has
+        information this does not understand, and one whose new name is taken (a duplicate of
+        its base name) are left alone.  The rename is atomic: the message is never lost, and
+        only its name after the base name changes.  Failures are logged.
+
+        @return: C{False} when the file is not where C{message} says.
+        """
+        target = _seenName(message.fileName)
+        if target is None or (message.subdirectory, message.fileName) == ("cur", target):
+            return True
+        source = self._pathOf(message)
+        destination = os.path.join(self.path, "cur", target)
+        try:
+            try:
+                os.lstat(destination)
+            except FileNotFoundError:
+                pass
+            else:
+                _log.warn(
+                    "Not marking {path!r} as seen: {other!r} exists",
+                    path=source,
+                    other=destination,
+                )
+                return True
+            # rename replaces an existing destination; it was just checked not to exist, and
+            # no other agent creates a name with this base name but by renaming this message.
+            os.rename(source, destination)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            _log.failure("Could not mark {path!r} as seen", path=source, level=LogLevel.warn)
+        else:
+            message.subdirectory, message.fileName = "cur", target
+        return True
+
+    def _recordRetrievals(self, retrieved: list[str], removed: list[str]) -> None:
+        """
+        Save a retrieval time for the messages with the base names C{retrieved} that have none
+        yet, dropping the entries of the messages C{removed}.  The index is written only when
+        a time was added.
+        """
+        new = [
+            name for name in retrieved if self._entries.get(name, _Entry(None)).retrievedAt is None
+        ]
+        if not new:
+            return
+        now = _wholeSeconds(self._clock())
+        if now is None:
+            _log.warn("Not recording retrievals in {path!r}: bad clock", path=self.path)
+            return
+        entries = dict(self._entries)
+        for name in removed:
+            entries.pop(name, None)
+        for name in new:
+            entries[name] = entries.get(name, _Entry(None))._replace(retrievedAt=now)
+        self._entries = entries
+        self._writeIndex(entries)
 
     def close(self) -> Deferred[None]:
         """

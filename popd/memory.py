@@ -6,6 +6,7 @@ by applications whose mail lives in their own process.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Callable, Collection, Iterable, Sequence
 
 from twisted.cred.error import UnauthorizedLogin
@@ -25,8 +26,12 @@ class MemoryMailbox:
     @ivar messages: the messages still in the mailbox, oldest first.
     """
 
-    def __init__(self, messages: Iterable[bytes] = ()) -> None:
+    def __init__(
+        self, messages: Iterable[bytes] = (), clock: Callable[[], float] = time.time
+    ) -> None:
         self._messages: dict[bytes, bytes] = {}
+        self._retrievedAt: dict[bytes, float] = {}
+        self._clock = clock
         self._serial = 0
         self.locked = False
         for message in messages:
@@ -88,8 +93,12 @@ class MemoryMaildrop:
 
     def listing(self) -> Deferred[Sequence[MessageInfo]]:
         messages = self._mailbox._messages
+        retrievedAt = self._mailbox._retrievedAt
         return succeed(
-            [MessageInfo(transmittedSize([messages[uidl]]), uidl) for uidl in self._uidls]
+            [
+                MessageInfo(transmittedSize([messages[uidl]]), uidl, retrievedAt.get(uidl))
+                for uidl in self._uidls
+            ]
         )
 
     def open(self, index: int) -> Deferred[IMessage]:
@@ -98,9 +107,16 @@ class MemoryMaildrop:
             return fail(MessageGone())
         return succeed(MemoryMessage(content))
 
-    def commit(self, deleted: Collection[int]) -> Deferred[Collection[int]]:
+    def commit(self, deleted: Collection[int], retrieved: Collection[int]) -> Deferred[Collection[int]]:
+        mailbox = self._mailbox
         for index in deleted:
-            self._mailbox._messages.pop(self._uidls[index], None)
+            mailbox._messages.pop(self._uidls[index], None)
+            mailbox._retrievedAt.pop(self._uidls[index], None)
+        now = mailbox._clock()
+        for index in retrieved:
+            uidl = self._uidls[index]
+            if uidl in mailbox._messages:
+                mailbox._retrievedAt.setdefault(uidl, now)
         return succeed(())
 
     def close(self) -> Deferred[None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import enum
 import ipaddress
+import re
 import secrets
 import socket
 import time
@@ -46,10 +47,17 @@ from popd._wire import MessageEncoder, parseNumber
 from popd.credentials import APOPCredentials
 from popd.errors import MaildropInUse, MessageGone, PermanentFailure, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
+from popd.limits import ConcurrencyLimit, FailurePenalty, LoginDelay
 from popd.sasl import DEFAULT_MECHANISMS, Challenge, ISASLExchange, ISASLMechanism, MalformedResponse
 
 #: How much of a message is read from the store at a time.
 CHUNK_SIZE = 64 * 1024
+
+#: The languages of response texts (RFC 6856 LANG): tag and description.
+LANGUAGES = {b"en": b"English"}
+
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+_HEADER_END = re.compile(rb"(?:^|\n)\r?\n")
 
 
 class State(enum.Enum):
@@ -86,6 +94,11 @@ class Response:
     SYS_PERM = b"-ERR [SYS/PERM] Permanent server failure; contact your administrator."
     NOT_REMOVED = b"-ERR [SYS/TEMP] Some deleted messages were not removed."
     TLS_ACTIVE = b"-ERR TLS is already active."
+    TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections from your address."
+    TOO_MANY_SESSIONS = b"-ERR [IN-USE] Too many sessions for this user."
+    LOGIN_DELAY = b"-ERR [LOGIN-DELAY] Logged in too recently; try again later."
+    UTF8_HEADERS = b"-ERR [UTF8] Message has UTF-8 header fields; send UTF8 first."
+    NO_LANGUAGE = b"-ERR Unsupported language."
     NO_MECHANISM = b"-ERR Unknown or unavailable authentication mechanism."
     SASL_CANCELLED = b"-ERR Authentication cancelled."
     SASL_MALFORMED = b"-ERR [AUTH] Malformed authentication response."
@@ -116,6 +129,23 @@ def _isLoopback(address: object) -> bool:
     return False
 
 
+def _readHeader(message: IMessage, limit: int = CHUNK_SIZE) -> Deferred[bytes]:
+    """
+    Read the start of a message: at least its header section, or C{limit} octets when the
+    header is longer, or the whole message when it is shorter.
+    """
+    head: list[bytes] = []
+
+    def received(chunk: bytes) -> bytes | Deferred[bytes]:
+        head.append(chunk)
+        data = b"".join(head)
+        if not chunk or len(data) >= limit or _HEADER_END.search(data):
+            return data
+        return message.read(CHUNK_SIZE).addCallback(received)
+
+    return message.read(CHUNK_SIZE).addCallback(received)
+
+
 @implementer(IPushProducer)
 class _MessageSender:
     """
@@ -140,15 +170,20 @@ class _MessageSender:
         self._finished = False
         self.done: Deferred[None] = Deferred()
 
-    def start(self) -> Deferred[None]:
+    def start(self, head: bytes) -> Deferred[None]:
         """
         Start streaming.
 
+        @param head: the start of the message, already read from it.
         @return: a L{Deferred} that fires once the terminator is written, or fails when the
             store failed mid-message (nothing can be said to the client then).
         """
         cast(IConsumer, self._transport).registerProducer(self, True)
-        self._readNext()
+        if head:
+            self._reading = True
+            self._received(head)
+        else:
+            self._readNext()
         return self.done
 
     def _readNext(self) -> None:
@@ -235,6 +270,10 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._logout: Callable[[], None] | None = None
         self._listing: Sequence[MessageInfo] = ()
         self._deleted: set[int] = set()
+        self._retrieved: set[int] = set()
+        self._utf8 = False
+        self._peerKey: str | None = None
+        self._sessionUser: bytes | None = None
         self._highestAccessed = 0
         self._secure = False
         self._apopTimestamp: bytes | None = None
@@ -256,6 +295,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 b"AUTH": self.do_AUTH,
                 b"STLS": self.do_STLS,
                 b"CAPA": self.do_CAPA,
+                b"UTF8": self.do_UTF8,
+                b"LANG": self.do_LANG,
                 b"QUIT": self.do_QUIT,
             },
             State.TRANSACTION: {
@@ -268,6 +309,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 b"RSET": self.do_RSET,
                 b"UIDL": self.do_UIDL,
                 b"CAPA": self.do_CAPA,
+                b"LANG": self.do_LANG,
                 b"QUIT": self.do_QUIT,
             },
             State.UPDATE: {},
@@ -298,12 +340,23 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             del self._commands[State.AUTHORIZATION][b"APOP"]
             greeting = b"+OK POP3 server ready."
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
+        peer = self._transport.getPeer()
+        if isinstance(peer, (IPv4Address, IPv6Address)):
+            if not factory.peerConnections.acquire(peer.host):
+                self._statistics.outcome = "too many connections"
+                self.sendLine(Response.TOO_MANY_CONNECTIONS)
+                self._transport.loseConnection()
+                return
+            self._peerKey = peer.host
         self.setTimeout(factory.authorizationTimeout)
         self.sendLine(greeting)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
         self.setTimeout(None)
+        if self._peerKey is not None:
+            self.factory.peerConnections.release(self._peerKey)
+            self._peerKey = None
         if self._sender is not None:
             self._sender.stopProducing()
         # Any end but QUIT in TRANSACTION removes nothing (rule R24).
@@ -332,6 +385,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def _releaseMaildrop(self) -> None:
         maildrop, logout = self._maildrop, self._logout
         self._maildrop = self._logout = None
+        if self._sessionUser is not None:
+            self.factory.userSessions.release(self._sessionUser)
+            self._sessionUser = None
         if maildrop is not None:
             maildrop.close().addErrback(
                 lambda f: self._log.failure("closing a maildrop", failure=f)
@@ -588,11 +644,24 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def _loggedIn(self, avatar: tuple[object, object, Callable[[], None]]) -> Deferred[None]:
         _, avatarObject, logout = avatar
         maildrop = IMaildrop(avatarObject)
-        if self._closing():
-            maildrop.close()
-            logout()
-            return defer.succeed(None)
         self._maildrop, self._logout = maildrop, logout
+        if self._closing():
+            self._releaseMaildrop()
+            return defer.succeed(None)
+        factory = self.factory
+        user = self._user or b""
+        if self._peerKey is not None:
+            factory.penalty.succeeded(self._peerKey)
+        if not factory.userSessions.acquire(user):
+            self._releaseMaildrop()
+            self.sendLine(Response.TOO_MANY_SESSIONS)
+            return defer.succeed(None)
+        self._sessionUser = user
+        # Checked only now, after a valid password, so that it reveals nothing (rule R28).
+        if factory.loginDelay is not None and not factory.loginDelay.allow(user):
+            self._releaseMaildrop()
+            self.sendLine(Response.LOGIN_DELAY)
+            return defer.succeed(None)
         return maildrop.listing().addCallback(self._listed)
 
     def _listed(self, listing: Sequence[MessageInfo]) -> None:
@@ -613,8 +682,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             return None
         self._authFailures += 1
         self._user = None
-        # The answer comes late, without blocking the reactor, so guessing is slow.
-        delay = self.factory.authFailureDelay
+        # The answer comes late, without blocking the reactor, so guessing is slow; a peer
+        # that keeps failing waits longer each time.
+        if self._peerKey is None:
+            delay = self.factory.authFailureDelay
+        else:
+            delay = self.factory.penalty.failed(self._peerKey)
         return deferLater(self.factory.reactor, delay, self._refuseLogin)
 
     def _refuseLogin(self) -> None:
@@ -645,6 +718,24 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         assert self.factory.tlsContextFactory is not None
         transport.startTLS(self.factory.tlsContextFactory)
 
+    def do_UTF8(self, argument: bytes) -> None:
+        # RFC 6856 section 2: messages with UTF-8 header fields are sent only in UTF-8 mode.
+        if self._noArgument(argument):
+            self._utf8 = True
+            self.sendLine(b"+OK UTF8 mode enabled.")
+
+    def do_LANG(self, argument: bytes) -> None:
+        # RFC 6856 section 3: responses are in English, the one language popd speaks.
+        if not argument:
+            lines = [tag + b" " + name for tag, name in LANGUAGES.items()]
+            self._sendMultiline(b"+OK Language listing follows.", lines)
+            return
+        tag = b"en" if argument == b"*" else argument.lower().split(b"-", 1)[0]
+        if b" " in argument or tag not in LANGUAGES:
+            self._badCommand(Response.NO_LANGUAGE)
+            return
+        self.sendLine(b"+OK " + tag + b" Language changed.")
+
     def do_CAPA(self, argument: bytes) -> None:
         if argument:
             self._badCommand(Response.SYNTAX)
@@ -657,7 +748,14 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             capabilities.append(b" ".join([b"SASL", *(m.name for m in mechanisms)]))
         if b"STLS" in self._commands[State.AUTHORIZATION] and not self._secure:
             capabilities.append(b"STLS")
-        capabilities.append(b"IMPLEMENTATION popd")
+        factory = self.factory
+        if factory.loginDelay is not None:
+            capabilities.append(b"LOGIN-DELAY %d" % (factory.loginDelay.seconds,))
+        if factory.expireDays is None:
+            capabilities.append(b"EXPIRE NEVER")
+        else:
+            capabilities.append(b"EXPIRE %d" % (factory.expireDays,))
+        capabilities += [b"UTF8 USER", b"LANG", b"IMPLEMENTATION popd"]
         self._sendMultiline(b"+OK Capability list follows.", capabilities)
 
     def do_QUIT(self, argument: bytes) -> Deferred[Any] | None:
@@ -672,18 +770,37 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         # UPDATE (RFC 1939 section 6): the only way marked messages are removed (rule R23).
         self.state = State.UPDATE
         self._statistics.deleted = len(self._deleted)
+        removed = self._deleted | self._expired()
         assert self._maildrop is not None
-        d = self._maildrop.commit(sorted(self._deleted))
-        d.addCallbacks(self._committed, self._commitFailed)
+        d = self._maildrop.commit(sorted(removed), sorted(self._retrieved - removed))
+        d.addCallbacks(self._committed, self._commitFailed, callbackArgs=(len(removed),))
         return d
 
-    def _committed(self, notRemoved: Sequence[int]) -> None:
+    def _expired(self) -> set[int]:
+        """
+        The messages the EXPIRE policy removes at this UPDATE (RFC 2449 section 6.7, rule R29):
+        those retrieved at least the policy's days ago, and with EXPIRE 0 those retrieved in
+        this session.  A message never retrieved never expires.
+        """
+        days = self.factory.expireDays
+        if days is None:
+            return set()
+        if days == 0:
+            return set(self._retrieved)
+        cutoff = self.factory.reactor.seconds() - days * 86400
+        return {
+            index
+            for index, info in enumerate(self._listing)
+            if info.retrievedAt is not None and info.retrievedAt <= cutoff
+        }
+
+    def _committed(self, notRemoved: Sequence[int], removed: int) -> None:
         if notRemoved:
             self._statistics.outcome = "commit incomplete"
             self.sendLine(Response.NOT_REMOVED)
         else:
             self._statistics.outcome = "committed"
-            self.sendLine(b"+OK Bye; %d messages removed." % (len(self._deleted),))
+            self.sendLine(b"+OK Bye; %d messages removed." % (removed,))
         self._releaseMaildrop()
         self._transport.loseConnection()
 
@@ -758,6 +875,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if index is None:
             return None
         self._statistics.retrieved += 1
+        self._retrieved.add(index)
         self._highestAccessed = max(self._highestAccessed, index + 1)
         first = b"+OK %d octets" % (self._listing[index].size,)
         return self._sendMessage(index, first, MessageEncoder())
@@ -782,7 +900,31 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def _startSending(
         self, message: IMessage, first: bytes, encoder: MessageEncoder
+    ) -> Deferred[Any]:
+        if self._utf8:
+            return self._stream(message, first, encoder, b"")
+        return _readHeader(message).addCallback(self._checkedHeader, message, first, encoder)
+
+    def _checkedHeader(
+        self, head: bytes, message: IMessage, first: bytes, encoder: MessageEncoder
+    ) -> Deferred[None] | None:
+        """
+        Refuse a message with raw UTF-8 header fields outside UTF8 mode: a client that did not
+        ask for them may not be able to read them (RFC 6856 section 2, rule R36).
+        """
+        end = _HEADER_END.search(head)
+        if _EIGHT_BIT.search(head, 0, end.start() if end else len(head)):
+            message.close()
+            self.sendLine(Response.UTF8_HEADERS)
+            return None
+        return self._stream(message, first, encoder, head)
+
+    def _stream(
+        self, message: IMessage, first: bytes, encoder: MessageEncoder, head: bytes
     ) -> Deferred[None]:
+        """
+        Send the C{+OK} line, then the message, starting with C{head} already read from it.
+        """
         if self._closing():
             message.close()
             return defer.succeed(None)
@@ -793,7 +935,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self.resetTimeout()
 
         self._sender = _MessageSender(self._transport, message, encoder, progress)
-        return self._sender.start().addBoth(self._sent)
+        return self._sender.start(head).addBoth(self._sent)
 
     def _sent(self, result: object) -> None:
         self._sender = None
@@ -853,6 +995,14 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
     @ivar maxBadCommands: bad commands after which the connection is closed.
     @ivar authFailureDelay: seconds a failed login waits for its answer.
     @ivar mechanisms: the SASL mechanisms offered where they are usable (RFC 5034).
+    @ivar expireDays: the EXPIRE policy (RFC 2449 section 6.7): messages retrieved this many
+        days ago are removed at the next UPDATE (0: at the end of the session that retrieved
+        them); L{None} for never.
+    @ivar peerConnections: connections held by each peer address, up to a limit.
+    @ivar userSessions: logged-in sessions held by each user, up to a limit.
+    @ivar penalty: the growing delay of each peer's failed logins, from C{authFailureDelay}
+        up to C{maxAuthFailureDelay}.
+    @ivar loginDelay: the LOGIN-DELAY policy (RFC 2449 section 6.5), if any.
     @ivar hostname: the host part of the APOP timestamp.
     """
 
@@ -871,6 +1021,11 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
         maxAuthFailures: int = 3,
         maxBadCommands: int = 10,
         authFailureDelay: float = 2.0,
+        maxAuthFailureDelay: float = 15.0,
+        maxConnectionsPerPeer: int = 20,
+        maxSessionsPerUser: int = 10,
+        loginDelay: int | None = None,
+        expireDays: int | None = None,
         mechanisms: Sequence[ISASLMechanism] = DEFAULT_MECHANISMS,
         reactor: IReactorTime | None = None,
     ) -> None:
@@ -891,6 +1046,16 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
         self.maxBadCommands = maxBadCommands
         self.authFailureDelay = authFailureDelay
         self.mechanisms = mechanisms
+        self.expireDays = expireDays
+        self.peerConnections: ConcurrencyLimit[str] = ConcurrencyLimit(maxConnectionsPerPeer)
+        self.userSessions: ConcurrencyLimit[bytes] = ConcurrencyLimit(maxSessionsPerUser)
+        # A peer's penalty is forgotten after ten quiet minutes.
+        self.penalty: FailurePenalty[str] = FailurePenalty(
+            authFailureDelay, maxAuthFailureDelay, 600, reactor.seconds
+        )
+        self.loginDelay: LoginDelay[bytes] | None = (
+            None if loginDelay is None else LoginDelay(loginDelay, reactor.seconds)
+        )
         self.reactor = reactor
         self.hostname = socket.gethostname().encode("ascii", "replace")
 

@@ -703,7 +703,7 @@ class UIDLTests(_MaildirTestCase):
             self.assertTrue(all(0x21 <= octet <= 0x7E for octet in uidl), uidl)
 
 
-def _signedIndex(lines: Sequence[bytes], header: bytes = b"popd-index 1", count: int = -1) -> bytes:
+def _signedIndex(lines: Sequence[bytes], header: bytes = b"popd-index 2", count: int = -1) -> bytes:
     """
     Build an index file whose trailer is right for its content.
     """
@@ -714,7 +714,7 @@ def _signedIndex(lines: Sequence[bytes], header: bytes = b"popd-index 1", count:
 
 class IndexTests(_MaildirTestCase):
     """
-    Tests for the size index C{popd-index}.
+    Tests for the index C{popd-index}: sizes, and retrieval times (see L{RetrievalTests}).
     """
 
     def setUp(self) -> None:
@@ -754,11 +754,22 @@ class IndexTests(_MaildirTestCase):
 
     def test_handMadeIndex(self) -> None:
         """
-        A valid index is trusted: its sizes are used.
+        A valid index is trusted: its sizes are used, with or without retrieval times.
         """
-        self.writeIndex(_signedIndex([b"99 1.a", b"98 2.b"]))
+        self.writeIndex(_signedIndex([b"99 1.a 1700000000", b"98 2.b"]))
         self.forbidMeasuring()
         self.assertEqual(self.session(), [99, 98])
+
+    def test_version1(self) -> None:
+        """
+        An index of version 1, which only had sizes, is still read, and not rewritten by a
+        session that computes nothing.
+        """
+        old = _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 1")
+        self.writeIndex(old)
+        self.forbidMeasuring()
+        self.assertEqual(self.session(), [99, 98])
+        self.assertEqual(self.readIndex(), old)
 
     def test_onlyNewMessagesRead(self) -> None:
         """
@@ -850,7 +861,19 @@ class IndexTests(_MaildirTestCase):
             valid.replace(b"end 2", b"end 3"),
             valid + b"\n",
             valid + valid,
-            _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 2"),
+            _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 3"),
+            _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 0"),
+            _signedIndex([b"99 1.a", b"98 2.b 17"], header=b"popd-index 1"),
+            _signedIndex([b"99 1.a", b"- 2.b 17"], header=b"popd-index 1"),
+            _signedIndex([b"99 1.a", b"- 2.b"]),
+            _signedIndex([b"99 1.a", b"98 2.b -"]),
+            _signedIndex([b"99 1.a", b"98 2.b x"]),
+            _signedIndex([b"99 1.a", b"98 2.b -17"]),
+            _signedIndex([b"99 1.a", b"98 2.b 1.5"]),
+            _signedIndex([b"99 1.a", b"98 2.b 17 18"]),
+            _signedIndex([b"99 1.a", b"98 2.b  17"]),
+            _signedIndex([b"99 1.a", b"98 2.b " + b"1" * 21]),
+            _signedIndex([b"99 1.a", b"-- 2.b 17"]),
             _signedIndex([b"99 1.a", b"98 2.b"], count=3),
             _signedIndex([b"99 1.a", b"98 2.b", b""]),
             _signedIndex([b"99 1.a", b"-98 2.b"]),
@@ -1057,7 +1080,7 @@ class CommitTests(_MaildirTestCase):
         C{commit} removes exactly the messages at the given indices and reports none failed
         (R23).
         """
-        self.assertEqual(list(self.successResultOf(self.drop.commit([1, 3]))), [])
+        self.assertEqual(list(self.successResultOf(self.drop.commit([1, 3], []))), [])
         self.assertEqual(self.remaining(), ["1.a", "3.c"])
 
     def test_renamed(self) -> None:
@@ -1067,7 +1090,7 @@ class CommitTests(_MaildirTestCase):
         """
         os.rename(os.path.join(self.path, "new", "2.b"), os.path.join(self.path, "cur", "2.b:2,S"))
         self.deliver(self.path, "cur", "2.bb:2,", b"a\n")
-        self.assertEqual(list(self.successResultOf(self.drop.commit([1]))), [])
+        self.assertEqual(list(self.successResultOf(self.drop.commit([1], []))), [])
         self.assertEqual(self.remaining(), ["1.a", "3.c", "4.d", "2.bb:2,"])
 
     def test_alreadyGone(self) -> None:
@@ -1075,7 +1098,7 @@ class CommitTests(_MaildirTestCase):
         A message that another agent already removed counts as removed.
         """
         os.unlink(os.path.join(self.path, "new", "1.a"))
-        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1]))), [])
+        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1], []))), [])
         self.assertEqual(self.remaining(), ["3.c", "4.d"])
 
     def test_deliveredDuringSession(self) -> None:
@@ -1084,7 +1107,7 @@ class CommitTests(_MaildirTestCase):
         """
         self.deliver(self.path, "new", "5.e", b"a\n")
         self.deliver(self.path, "cur", "0.z:2,", b"a\n")
-        self.assertEqual(list(self.successResultOf(self.drop.commit(range(4)))), [])
+        self.assertEqual(list(self.successResultOf(self.drop.commit(range(4), []))), [])
         self.assertEqual(self.remaining(), ["5.e", "0.z:2,"])
 
     def test_unlinkFailure(self) -> None:
@@ -1093,7 +1116,7 @@ class CommitTests(_MaildirTestCase):
         and the cause is logged (R23).
         """
         self.failOn("unlink", lambda path: path.endswith("2.b"), errno.EIO)
-        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1, 2]))), [1])
+        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1, 2], []))), [1])
         self.assertEqual(self.remaining(), ["2.b", "4.d"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
@@ -1110,7 +1133,7 @@ class CommitTests(_MaildirTestCase):
             real(fd)
 
         self.patch(os, "fsync", fsync)
-        self.successResultOf(self.drop.commit([0]))
+        self.successResultOf(self.drop.commit([0], []))
         expected = set()
         for subdirectory in ("cur", "new"):
             info = os.stat(os.path.join(self.path, subdirectory))
@@ -1129,15 +1152,15 @@ class CommitTests(_MaildirTestCase):
                 raise _oserror(errno.EIO)
 
         self.patch(os, "fsync", fsync)
-        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1, 2]))), [0, 2])
+        self.assertEqual(list(self.successResultOf(self.drop.commit([0, 1, 2], []))), [0, 2])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_badIndex(self) -> None:
         """
         An index outside the listing is an L{IndexError}, and nothing is removed.
         """
-        self.assertRaises(IndexError, self.drop.commit, [0, 4])
-        self.assertRaises(IndexError, self.drop.commit, [-1])
+        self.assertRaises(IndexError, self.drop.commit, [0, 4], [])
+        self.assertRaises(IndexError, self.drop.commit, [-1], [])
         self.assertEqual(self.remaining(), self.names)
 
     def test_closeRemovesNothing(self) -> None:
@@ -1149,6 +1172,399 @@ class CommitTests(_MaildirTestCase):
         self.successResultOf(self.drop.close())
         self.assertEqual(self.remaining(), self.names)
         self.assertTrue(os.path.exists(os.path.join(self.path, "popd.lock")))
+
+
+class RetrievalTests(_MaildirTestCase):
+    """
+    Tests for the retrievals that L{Maildir.commit} records: the times kept in the index for
+    the EXPIRE policy (RFC 2449 section 6.7), and the C{S} flag given as Dovecot does.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+        self.index = os.path.join(self.path, "popd-index")
+        self.names = ["1.a", "2.b", "3.c", "4.d"]
+        for name in self.names:
+            self.deliver(self.path, "new", name, b"a\n")
+        self.now = 1700000100.75
+
+    def clock(self) -> float:
+        return self.now
+
+    def commitSession(
+        self, deleted: Sequence[int], retrieved: Sequence[int]
+    ) -> tuple[list[int], list[MessageInfo]]:
+        """
+        Run a session that lists the Maildir, commits and closes.
+
+        @return: what C{commit} reported and what the session listed.
+        """
+        drop = openMaildir(self.path, clock=self.clock)
+        try:
+            listed = list(self.listing(drop))
+            result = list(self.successResultOf(drop.commit(deleted, retrieved)))
+        finally:
+            drop.close()
+        return result, listed
+
+    def nextListing(self) -> list[MessageInfo]:
+        """
+        @return: the listing of a new session, which is then closed.
+        """
+        drop = openMaildir(self.path, clock=self.clock)
+        try:
+            return list(self.listing(drop))
+        finally:
+            drop.close()
+
+    def retrievedAt(self) -> list[float | None]:
+        return [info.retrievedAt for info in self.nextListing()]
+
+    def files(self) -> dict[str, bytes]:
+        """
+        @return: the content of every message file, by C{<subdirectory>/<file name>}.
+        """
+        found = {}
+        for subdirectory in ("new", "cur"):
+            for name in os.listdir(os.path.join(self.path, subdirectory)):
+                with open(os.path.join(self.path, subdirectory, name), "rb") as f:
+                    found[f"{subdirectory}/{name}"] = f.read()
+        return found
+
+    def readIndex(self) -> bytes:
+        with open(self.index, "rb") as f:
+            return f.read()
+
+    def test_recorded(self) -> None:
+        """
+        Messages retrieved in a session that commits get a retrieval time, in whole seconds,
+        which the next session lists; the others have none (RFC 2449 section 6.7 (EXPIRE)).
+        The index is written durably, as for sizes, and no temporary file is left.
+        """
+        result, listed = self.commitSession([], [0, 2])
+        self.assertEqual(result, [])
+        self.assertEqual(listed, [MessageInfo(3, name.encode()) for name in self.names])
+        self.assertEqual(self.retrievedAt(), [1700000100.0, None, 1700000100.0, None])
+        self.assertEqual(
+            self.readIndex(),
+            _signedIndex([b"3 1.a 1700000100", b"3 2.b", b"3 3.c 1700000100", b"3 4.d"]),
+        )
+        self.assertEqual(
+            sorted(os.listdir(self.path)), ["cur", "new", "popd-index", "popd.lock", "tmp"]
+        )
+
+    def test_notOverwritten(self) -> None:
+        """
+        A retrieval time survives a restart, and a later retrieval does not replace it: the
+        time is that of the first retrieval (RFC 2449 section 6.7 (EXPIRE)).  A session that
+        records no new retrieval does not write the index.
+        """
+        self.now = 1000
+        self.commitSession([], [1])
+        self.now = 2000
+        self.patch(os, "replace", lambda *args: self.fail("the index was written again"))
+        self.commitSession([], [1])
+        self.assertEqual(self.retrievedAt(), [None, 1000.0, None, None])
+
+    def test_laterRetrievals(self) -> None:
+        """
+        Messages first retrieved in a later session get that session's time; earlier times
+        are kept.
+        """
+        self.now = 1000
+        self.commitSession([], [0])
+        self.now = 2000
+        self.commitSession([], [0, 3])
+        self.assertEqual(self.retrievedAt(), [1000.0, None, None, 2000.0])
+
+    def test_withoutCommit(self) -> None:
+        """
+        A session that reads messages but never commits records nothing and renames nothing
+        (R24).
+        """
+        before = self.files()
+        drop = self.openDrop(self.path)
+        self.listing(drop)
+        self.readAll(self.successResultOf(drop.open(0)))
+        drop.close()
+        self.assertEqual(self.files(), before)
+        self.assertEqual(self.retrievedAt(), [None] * 4)
+
+    def test_deletionWins(self) -> None:
+        """
+        A message both deleted and retrieved is removed, never renamed nor recorded; the
+        others are (R23).
+        """
+        renamed: list[str] = []
+        realRename = os.rename
+
+        def rename(source: str, destination: str) -> None:
+            renamed.append(os.path.basename(source))
+            realRename(source, destination)
+
+        self.patch(os, "rename", rename)
+        self.assertEqual(self.commitSession([1], [1, 2])[0], [])
+        self.assertEqual(renamed, ["3.c"])
+        self.assertEqual(sorted(self.files()), ["cur/3.c:2,S", "new/1.a", "new/4.d"])
+        self.assertEqual(self.retrievedAt(), [None, 1700000100.0, None])
+
+    def test_pruned(self) -> None:
+        """
+        The index written at commit has no entry for the messages the session removed, and
+        keeps those of the messages it could not remove (R23).
+        """
+        self.nextListing()
+        self.failOn("unlink", lambda path: path.endswith("4.d"), errno.EIO)
+        self.assertEqual(self.commitSession([0, 3], [1])[0], [3])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.readIndex(), _signedIndex([b"3 2.b 1700000100", b"3 3.c", b"3 4.d"]))
+
+    def test_seenFlag(self) -> None:
+        """
+        A retrieved message is moved from C{new/} to C{cur/} with the C{S} flag added to the
+        flags it already has, in sorted order, as Dovecot does; one in C{cur/} gets the flag
+        if it lacks it.  Names whose information part is not C{2,} and letters are left alone.
+        Base names, and so UIDLs, contents and the number of files never change (R22).
+        """
+        for name in ["1.a", "2.b", "3.c", "4.d"]:
+            os.unlink(os.path.join(self.path, "new", name))
+        layout = [
+            ("new", "1.a"),
+            ("new", "2.b:2,RF"),
+            ("cur", "3.c:2,TRF"),
+            ("cur", "4.d:2,S"),
+            ("cur", "5.e"),
+            ("cur", "6.f:2,"),
+            ("cur", "7.g:2,Sab"),
+            ("cur", "8.h:1,foo"),
+            ("cur", "9.i:2,S,x"),
+            ("new", "10.j,S=3,W=4:2,aR"),
+        ]
+        for index, (subdirectory, name) in enumerate(layout):
+            self.deliver(self.path, subdirectory, name, b"m%d\n" % (index,))
+        before = self.nextListing()
+        contents = sorted(self.files().values())
+        result, listed = self.commitSession([], range(len(layout)))
+        self.assertEqual(result, [])
+        self.assertEqual(
+            sorted(self.files()),
+            sorted(
+                [
+                    "cur/1.a:2,S",
+                    "cur/2.b:2,FRS",
+                    "cur/3.c:2,FRST",
+                    "cur/4.d:2,S",
+                    "cur/5.e:2,S",
+                    "cur/6.f:2,S",
+                    "cur/7.g:2,Sab",
+                    "cur/8.h:1,foo",
+                    "cur/9.i:2,S,x",
+                    "cur/10.j,S=3,W=4:2,RSa",
+                ]
+            ),
+        )
+        self.assertEqual(sorted(self.files().values()), contents)
+        after = self.nextListing()
+        self.assertEqual(
+            [(info.size, info.uidl) for info in after], [(info.size, info.uidl) for info in before]
+        )
+        self.assertEqual([info.retrievedAt for info in after], [1700000100.0] * len(layout))
+
+    def test_dovecotNames(self) -> None:
+        """
+        The retrieval of a message whose name carries its size is recorded without a size:
+        the index is written at commit although no size was computed, and the name stays the
+        authority on the size (RFC 2449 section 6.7 (EXPIRE)).
+        """
+        for name in self.names:
+            os.unlink(os.path.join(self.path, "new", name))
+        self.deliver(self.path, "new", "1700000000.M1P2.host,S=3,W=99", b"a\n")
+        self.forbidMeasuring()
+        self.commitSession([], [0])
+        self.assertFalse(os.path.exists(self.index + ".tmp"))
+        self.assertEqual(
+            self.readIndex(), _signedIndex([b"- 1700000000.M1P2.host,S=3,W=99 1700000100"])
+        )
+        self.assertEqual(
+            self.nextListing(), [MessageInfo(99, b"1700000000.M1P2.host,S=3,W=99", 1700000100.0)]
+        )
+
+    def test_version1Index(self) -> None:
+        """
+        An index of version 1 is read: its sizes are used, and the commit that records a
+        retrieval rewrites it in version 2 with those sizes.
+        """
+        with open(self.index, "wb") as f:
+            f.write(_signedIndex([b"9 1.a", b"8 2.b", b"7 3.c", b"6 4.d"], header=b"popd-index 1"))
+        self.forbidMeasuring()
+        self.commitSession([], [3])
+        self.assertEqual(
+            self.readIndex(), _signedIndex([b"9 1.a", b"8 2.b", b"7 3.c", b"6 4.d 1700000100"])
+        )
+        self.assertEqual(
+            self.nextListing(),
+            [
+                MessageInfo(9, b"1.a"),
+                MessageInfo(8, b"2.b"),
+                MessageInfo(7, b"3.c"),
+                MessageInfo(6, b"4.d", 1700000100.0),
+            ],
+        )
+
+    def test_corruptNotTrusted(self) -> None:
+        """
+        An index that fails its checksum is not trusted for retrieval times either: the
+        messages look never retrieved, and sizes are computed again.
+        """
+        self.commitSession([], [0, 1])
+        valid = self.readIndex()
+        with open(self.index, "wb") as f:
+            f.write(valid.replace(b"1.a 1700000100", b"1.a 1000000000"))
+        calls = self.countMeasuring()
+        self.assertEqual(self.retrievedAt(), [None] * 4)
+        self.assertEqual(len(calls), 4)
+
+    def test_renamedByOtherAgent(self) -> None:
+        """
+        A message that another agent moved or flagged after the listing is found by base name,
+        gets the C{S} flag and keeps the other agent's flags; one another agent removed is
+        simply skipped.  Nothing is logged.
+        """
+        drop = self.openDrop(self.path)
+        self.listing(drop)
+        os.rename(os.path.join(self.path, "new", "1.a"), os.path.join(self.path, "cur", "1.a:2,R"))
+        os.unlink(os.path.join(self.path, "new", "2.b"))
+        self.assertEqual(list(self.successResultOf(drop.commit([], [0, 1]))), [])
+        self.assertEqual(sorted(self.files()), ["cur/1.a:2,RS", "new/3.c", "new/4.d"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_destinationTaken(self) -> None:
+        """
+        When the name a retrieved message would be renamed to already exists (two files with
+        one base name), neither file is replaced nor removed.
+        """
+        drop = self.openDrop(self.path)
+        self.listing(drop)
+        self.deliver(self.path, "cur", "1.a:2,S", b"other\n")
+        self.assertEqual(list(self.successResultOf(drop.commit([], [0]))), [])
+        files = self.files()
+        self.assertEqual(files["new/1.a"], b"a\n")
+        self.assertEqual(files["cur/1.a:2,S"], b"other\n")
+
+    def test_renameFailure(self) -> None:
+        """
+        When a retrieved message cannot be renamed, it stays where it was, the error is logged,
+        the retrieval is still recorded and the deletions still succeed (R23).
+        """
+        self.failOn("rename", lambda path: path.endswith("2.b"), errno.EIO)
+        self.assertEqual(self.commitSession([0], [1, 2])[0], [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(sorted(self.files()), ["cur/3.c:2,S", "new/2.b", "new/4.d"])
+        self.assertEqual(self.retrievedAt(), [1700000100.0, 1700000100.0, None])
+
+    def test_rescanFailure(self) -> None:
+        """
+        When a retrieved message moved by another agent cannot be looked for again because the
+        Maildir cannot be scanned, the commit still succeeds; the error is logged.
+        """
+        drop = self.openDrop(self.path)
+        self.listing(drop)
+        os.rename(os.path.join(self.path, "new", "1.a"), os.path.join(self.path, "cur", "1.a:2,"))
+        self.failOn("scandir", lambda path: True, errno.EIO)
+        self.assertEqual(list(self.successResultOf(drop.commit([1], [0]))), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(sorted(self.files()), ["cur/1.a:2,", "new/3.c", "new/4.d"])
+
+    def assertIndexFailureTolerated(self, name: str, code: int) -> None:
+        """
+        Make C{os.<name>} fail with C{code} for the index, and assert that a commit still
+        removes and renames, reports nothing as not removed, logs one error and leaves no
+        temporary file, and that the retrieval is simply not recorded (R23).
+        """
+        self.nextListing()
+        failing = [True]
+        self.failOn(name, lambda path: failing[0] and path == self.index + ".tmp", code)
+        self.assertEqual(self.commitSession([0], [1])[0], [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        failing[0] = False
+        self.assertEqual(sorted(self.files()), ["cur/2.b:2,S", "new/3.c", "new/4.d"])
+        self.assertFalse(os.path.exists(self.index + ".tmp"))
+        self.assertEqual(self.retrievedAt(), [None, None, None])
+
+    def test_indexFull(self) -> None:
+        """
+        A full disk (C{ENOSPC} creating the temporary index) does not fail the commit.
+        """
+        self.assertIndexFailureTolerated("open", errno.ENOSPC)
+
+    def test_indexReplaceFailure(self) -> None:
+        """
+        An I/O error (C{EIO}) replacing the index does not fail the commit.
+        """
+        self.assertIndexFailureTolerated("replace", errno.EIO)
+
+    def test_badClock(self) -> None:
+        """
+        A clock that gives no usable time records nothing and is logged; the commit succeeds.
+        """
+        for bad in [float("nan"), float("inf"), -1.0, 1e21]:
+            self.now = bad
+            self.assertEqual(self.commitSession([], [0])[0], [])
+        self.assertEqual(self.retrievedAt(), [None] * 4)
+
+    def test_badIndex(self) -> None:
+        """
+        A retrieved index outside the listing is an L{IndexError}, and nothing is removed,
+        renamed nor recorded.
+        """
+        drop = self.openDrop(self.path)
+        self.listing(drop)
+        before = self.files(), self.readIndex()
+        self.assertRaises(IndexError, drop.commit, [0], [1, 4])
+        self.assertRaises(IndexError, drop.commit, [], [-1])
+        self.assertEqual((self.files(), self.readIndex()), before)
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["new", "cur"]),
+                st.sampled_from(["", ":2,", ":2,S", ":2,FR", ":2,a", ":1,x", ":2,S,x"]),
+                st.booleans(),
+                st.booleans(),
+            ),
+            max_size=8,
+        )
+    )
+    def test_neverLosesProperty(self, layout: list[tuple[str, str, bool, bool]]) -> None:
+        """
+        Whatever the messages' places and flags and whichever are deleted and retrieved, a
+        commit removes exactly the deleted ones and leaves every other one once, with its base
+        name and content, and in C{cur/} with the C{S} flag when retrieved and its name allows
+        (R22, R23).
+        """
+        self.path = self.makeMaildir()
+        self.index = os.path.join(self.path, "popd-index")
+        for number, (subdirectory, information, _, _) in enumerate(layout):
+            self.deliver(self.path, subdirectory, f"{number}.m{information}", b"%d\n" % number)
+        deleted = [n for n, (_, _, delete, _) in enumerate(layout) if delete]
+        retrieved = [n for n, (_, _, _, retrieve) in enumerate(layout) if retrieve]
+        self.assertEqual(self.commitSession(deleted, retrieved)[0], [])
+        files = self.files()
+        byBase = {name.split("/")[1].partition(":")[0]: name for name in files}
+        self.assertEqual(len(byBase), len(files))
+        self.assertEqual(
+            sorted(byBase), sorted(f"{n}.m" for n in range(len(layout)) if n not in deleted)
+        )
+        for baseName, name in byBase.items():
+            number = int(baseName.partition(".")[0])
+            self.assertEqual(files[name], b"%d\n" % number)
+            subdirectory, information, _, retrieve = layout[number]
+            if retrieve and information in ("", ":2,", ":2,S", ":2,FR", ":2,a"):
+                self.assertTrue(name.startswith("cur/"), name)
+                self.assertIn("S", name.partition(":")[2])
+            elif not retrieve:
+                self.assertEqual(name, f"{subdirectory}/{baseName}{information}")
 
 
 class LockTests(_MaildirTestCase):

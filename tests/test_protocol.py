@@ -437,7 +437,7 @@ class GrammarTests(SynchronousTestCase):
         R2, R27: every fixed response starts with C{+OK} or C{-ERR} in upper case, and free text
         after C{-ERR} never starts with C{[} unless it is a response code.
         """
-        codes = (b"[AUTH]", b"[IN-USE]", b"[SYS/TEMP]", b"[SYS/PERM]")
+        codes = (b"[AUTH]", b"[IN-USE]", b"[SYS/TEMP]", b"[SYS/PERM]", b"[LOGIN-DELAY]", b"[UTF8]")
         for name, value in vars(Response).items():
             if name.isupper():
                 self.assertTrue(value.startswith((b"+OK", b"-ERR")), name)
@@ -590,7 +590,7 @@ class AuthorizationTests(SynchronousTestCase):
         unknown = session.read()
         session.command(b"USER bob")
         session.command(b"PASS wrong")
-        self.clock.advance(2)
+        self.clock.advance(60)
         self.assertEqual(session.read(), unknown)
         self.assertEqual(unknown, Response.AUTH_FAILED + b"\r\n")
 
@@ -615,10 +615,10 @@ class AuthorizationTests(SynchronousTestCase):
         session = Session(self.factory)
         for _ in range(2):
             session.login(password=b"wrong")
-            self.clock.advance(2)
+            self.clock.advance(60)
             self.assertEqual(session.read(), Response.AUTH_FAILED + b"\r\n")
         session.login(password=b"wrong")
-        self.clock.advance(2)
+        self.clock.advance(60)
         self.assertEqual(session.read(), Response.TOO_MANY_FAILURES + b"\r\n")
         self.assertTrue(session.closed)
 
@@ -833,7 +833,7 @@ class ControlledMaildrop:
     def open(self, index: int) -> Deferred[IMessage]:
         return self.messages[index]
 
-    def commit(self, deleted: Collection[int]) -> Deferred[Collection[int]]:
+    def commit(self, deleted: Collection[int], retrieved: Collection[int]) -> Deferred[Collection[int]]:
         self.committed.append(deleted)
         return self.commitResult
 
@@ -891,9 +891,11 @@ class StoreFailureTests(SynchronousTestCase):
         R26: while a message is still being read, later commands wait and are answered after
         it, in order.
         """
-        message = ControlledMessage([b"a\n", b".b\n"])
+        message = ControlledMessage([b"H: 1\n\n", b"a\n", b".b\n"])
         self.maildrop.messages[0] = succeed(message)  # type: ignore[arg-type]
-        self.assertEqual(self.session.send(b"RETR 1\r\nSTAT\r\nNOOP\r\n"), b"+OK 10 octets\r\n")
+        self.assertEqual(self.session.send(b"RETR 1\r\nSTAT\r\nNOOP\r\n"), b"")
+        message.deliverNext()
+        self.assertEqual(self.session.read(), b"+OK 10 octets\r\nH: 1\r\n\r\n")
         message.deliverNext()
         self.assertEqual(self.session.read(), b"a\r\n")
         message.deliverNext()
@@ -906,15 +908,28 @@ class StoreFailureTests(SynchronousTestCase):
         A store failure after the C{+OK} line drops the connection instead of ending the
         message with a terminator: a truncated message is never presented as complete.
         """
-        message = ControlledMessage([b"a\n", OSError("EIO")])
+        message = ControlledMessage([b"H: 1\n\n", b"a\n", OSError("EIO")])
         self.maildrop.messages[0] = succeed(message)  # type: ignore[arg-type]
         self.session.send(b"RETR 1\r\n")
-        message.deliverNext()
-        message.deliverNext()
+        for _ in range(3):
+            message.deliverNext()
         self.assertNotIn(b"\r\n.\r\n", self.session.read())
         self.assertTrue(self.session.closed)
         self.assertTrue(message.closed)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_headerReadFailure(self) -> None:
+        """
+        A store failure while the header is read, before the C{+OK} line, is answered with
+        C{-ERR [SYS/TEMP]} and the session goes on.
+        """
+        message = ControlledMessage([OSError("EIO")])
+        self.maildrop.messages[0] = succeed(message)  # type: ignore[arg-type]
+        self.session.send(b"RETR 1\r\n")
+        message.deliverNext()
+        self.assertEqual(self.session.read(), Response.SYS_TEMP + b"\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.session.command(b"NOOP"), b"+OK\r\n")
 
     def test_partialCommit(self) -> None:
         """
