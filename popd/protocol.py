@@ -49,6 +49,7 @@ from popd.errors import MaildropInUse, MessageGone, PermanentFailure, TemporaryF
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
 from popd.limits import ConcurrencyLimit, FailurePenalty, LoginDelay
 from popd.sasl import DEFAULT_MECHANISMS, Challenge, ISASLExchange, ISASLMechanism, MalformedResponse
+from popd.twistedmail import IMailbox, MailboxMaildrop
 
 #: How much of a message is read from the store at a time.
 CHUNK_SIZE = 64 * 1024
@@ -636,15 +637,21 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         Authenticate, lock the maildrop and take its listing; then enter TRANSACTION.
         """
         self._user = getattr(credentials, "username", self._user)
-        d = self.factory.portal.login(credentials, None, IMaildrop)
+        # Realms written for twisted.mail.pop3 answer with an IMailbox, which popd adapts.
+        d = self.factory.portal.login(credentials, None, IMaildrop, IMailbox)
         d.addCallback(self._loggedIn)
         d.addErrback(self._loginFailed)
         return d
 
     def _loggedIn(self, avatar: tuple[object, object, Callable[[], None]]) -> Deferred[None]:
-        _, avatarObject, logout = avatar
-        maildrop = IMaildrop(avatarObject)
-        self._maildrop, self._logout = maildrop, logout
+        interface, avatarObject, logout = avatar
+        self._logout = logout
+        if interface is IMailbox:
+            key = (id(self.factory.portal), self._user)
+            self._maildrop = MailboxMaildrop(cast(IMailbox, avatarObject), key)
+        else:
+            self._maildrop = IMaildrop(avatarObject)
+        maildrop = self._maildrop
         if self._closing():
             self._releaseMaildrop()
             return defer.succeed(None)
