@@ -21,6 +21,9 @@ Scheme names (case-insensitive) and what they store, as Dovecot's C{doveadm pw} 
   - C{ARGON2I}, C{ARGON2ID}, C{ARGON2}: a libsodium-style C{$argon2i$}/C{$argon2id$} string.
   - C{CRAM-MD5}, C{HMAC-MD5}: 64 hex digits, the MD5 states of HMAC-MD5's outer then inner hash
     after the 64-octet key block, each as four little-endian 32-bit words.
+  - C{SCRAM-SHA-1}, C{SCRAM-SHA-256}: C{iterations,salt,StoredKey,ServerKey}, the last three in
+    base64 (Dovecot's C{password-scheme-scram.c}): what SCRAM needs, and PASS can be checked
+    against.
 
 The crypt(3) family, bcrypt and Argon2 are verified by libpass (the maintained fork of passlib).
 Neither libpass nor C{hashlib} can produce the intermediate MD5 state that C{CRAM-MD5} stores, so
@@ -41,7 +44,7 @@ import os
 import secrets
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Final, NoReturn
 
@@ -57,6 +60,19 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
+
+from popd.sasl import (
+    SCRAM_DEFAULT_ITERATIONS,
+    SCRAM_MAX_ITERATIONS,
+    SCRAM_MIN_ITERATIONS,
+    IScramCredentials,
+    IScramSecretSource,
+    ScramSecrets,
+    checkScramSecrets,
+    deriveScramSecrets,
+    fakeScramSecrets,
+    scramSalt,
+)
 
 # libpass loads a handler's backend on first use.  Loading them now keeps that out of the worker
 # threads, and avoids a libpass 1.9 bug: an argon2 handler made by .using() after another
@@ -110,11 +126,16 @@ class _Entry:
     @ivar costScheme: the scheme whose default-cost hash takes as long to verify, used for the
         dummy verification of unknown users and to decide whether to leave the reactor thread.
     @ivar plaintext: the password itself, for plaintext-equivalent schemes only.
+    @ivar scram: the C{hashlib} name and the secrets of a stored SCRAM entry.
+    @ivar derived: SCRAM secrets derived from C{plaintext}, by C{hashlib} name: a cache that
+        lives as long as the entry, until the file is read again.
     """
 
     verify: Callable[[bytes], bool]
     costScheme: str
     plaintext: bytes | None = None
+    scram: tuple[str, ScramSecrets] | None = None
+    derived: dict[str, ScramSecrets] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -397,6 +418,52 @@ def _cramMD5Scheme(md5Block: Callable[[bytes], bytes]) -> _Scheme:
     return _Scheme("hex", 32, False, load, generate)
 
 
+# SCRAM-SHA-1, SCRAM-SHA-256
+
+
+def _parseScram(hashName: str, raw: bytes) -> ScramSecrets:
+    """
+    Parse Dovecot's C{iterations,base64(salt),base64(StoredKey),base64(ServerKey)}.
+
+    @raise _BadLine: when malformed, or outside what SCRAM clients accept.
+    """
+    fields = raw.split(b",")
+    if len(fields) != 4 or not fields[0].isdigit():
+        raise _BadLine("SCRAM value is not iterations,salt,StoredKey,ServerKey")
+    try:
+        salt, storedKey, serverKey = (base64.b64decode(f, validate=True) for f in fields[1:])
+    except ValueError:
+        raise _BadLine("SCRAM value is not valid base64") from None
+    scram = ScramSecrets(salt, int(fields[0]), storedKey, serverKey)
+    try:
+        checkScramSecrets(hashName, scram)
+    except ValueError as e:
+        raise _BadLine(str(e)) from None
+    return scram
+
+
+def _verifyScram(hashName: str, stored: ScramSecrets, password: bytes) -> bool:
+    derived = deriveScramSecrets(hashName, password, stored.salt, stored.iterations)
+    return hmac.compare_digest(derived.storedKey, stored.storedKey)
+
+
+def _scramScheme(name: str, hashName: str) -> _Scheme:
+    def load(raw: bytes) -> _Entry:
+        stored = _parseScram(hashName, raw)
+        return _Entry(partial(_verifyScram, hashName, stored), name, scram=(hashName, stored))
+
+    def generate(password: bytes, rounds: int | None) -> bytes:
+        if rounds is None:
+            rounds = SCRAM_DEFAULT_ITERATIONS
+        # Dovecot's range, capped where scramp stops.
+        iterations = _checkRounds(name, rounds, SCRAM_MIN_ITERATIONS, SCRAM_MAX_ITERATIONS)
+        scram = deriveScramSecrets(hashName, password, os.urandom(_SALT_LENGTH), iterations)
+        encoded = (base64.b64encode(v) for v in (scram.salt, scram.storedKey, scram.serverKey))
+        return b",".join([b"%d" % (iterations,), *encoded])
+
+    return _Scheme("none", 0, True, load, generate)
+
+
 def _buildSchemes() -> dict[str, _Scheme]:
     plain = _Scheme("none", 0, False, _loadPlain, _generatePlain)
     crypt = partial(_Scheme, "none", 0, True, _loadCrypt)
@@ -428,6 +495,8 @@ def _buildSchemes() -> dict[str, _Scheme]:
         "ARGON2": _Scheme("none", 0, True, _loadArgon2, argon2id),
         "ARGON2I": _Scheme("none", 0, True, _loadArgon2, argon2i),
         "ARGON2ID": _Scheme("none", 0, True, _loadArgon2, argon2id),
+        "SCRAM-SHA-1": _scramScheme("SCRAM-SHA-1", "sha1"),
+        "SCRAM-SHA-256": _scramScheme("SCRAM-SHA-256", "sha256"),
     }
     md5Block = _findMD5Block()
     if md5Block is not None:
@@ -516,7 +585,8 @@ def hashPassword(
         encoding suffix.  C{CRYPT} generates C{$2y$} bcrypt, as Dovecot does.
     @param rounds: the cost, as C{doveadm pw -r}: the rounds of C{SHA256-CRYPT} and
         C{SHA512-CRYPT} (default 5000), the log2 cost of C{BLF-CRYPT} and C{CRYPT} (default
-        5), the time cost of the Argon2 schemes; L{None} for the default.
+        5), the time cost of the Argon2 schemes, the iteration count of the SCRAM schemes
+        (default 4096, at most 10,000,000); L{None} for the default.
     @return: the complete C{{SCHEME}value} password field.
     @raise ValueError: for an unknown scheme, a cost the scheme does not take, a password with
         a NUL (which no login could present, see L{PasswdFileChecker}), or a colon or line break
@@ -568,17 +638,25 @@ def _fileIdentity(status: os.stat_result) -> tuple[int, int, int, int]:
     return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IScramSecretSource)
 class PasswdFileChecker:
     """
     Check user names and passwords against a Dovecot-compatible passwd-file.
 
-    Checks L{IUsernamePassword} for every user, and L{IUsernameHashedPassword} (APOP,
-    CRAM-MD5) for users whose password is stored in a plaintext-equivalent scheme (C{PLAIN},
-    C{CLEAR}, C{CLEARTEXT}).  An unknown user and a wrong password fail alike, with the same
+    Checks L{IUsernamePassword} for every user, L{IUsernameHashedPassword} (APOP, CRAM-MD5)
+    for users whose password is stored in a plaintext-equivalent scheme (C{PLAIN}, C{CLEAR},
+    C{CLEARTEXT}), and L{IScramCredentials} for those and for users stored in the matching
+    C{SCRAM-*} scheme.  An unknown user and a wrong password fail alike, with the same
     L{UnauthorizedLogin} after about the same time.  A password with a NUL octet never
     matches: Dovecot, working on C strings, can neither store nor receive one, and HMAC's
     zero-padded key would make C{CRAM-MD5} take C{"pw\\0"} for C{"pw"}.
+
+    As an L{IScramSecretSource} it serves the SCRAM mechanisms: stored secrets as they are;
+    for plaintext users, secrets derived with a salt that is stable for this process
+    (L{scramSalt}) and the file's usual iteration count, computed in a worker thread once per
+    user, hash and reading of the file; fake ones of the same shape for every other name, so
+    that the exchange does not reveal which users exist.  (A plaintext user's first exchange
+    after a reading of the file takes one PBKDF2 longer.)
 
     The file is read again when its inode, size or modification time change, checked with one
     C{stat} per check, so that an administrator's edit applies without a restart.  Lines that
@@ -605,6 +683,8 @@ class PasswdFileChecker:
         self._users: dict[bytes, _Entry] = {}
         self._identity: tuple[int, int, int, int] | None = None
         self._hasPlaintext = False
+        self._hasScram = False
+        self._scramIterations: dict[str, int] = {}
         self._costScheme = _DEFAULT_SCHEME
         self._unreadable = False
         try:
@@ -616,14 +696,18 @@ class PasswdFileChecker:
     @property
     def credentialInterfaces(self) -> tuple[InterfaceClass, ...]:
         """
-        L{IUsernamePassword}, and L{IUsernameHashedPassword} when at least one user's password is
-        stored in a plaintext-equivalent scheme.  Reflects the file as last read, without
-        checking it for changes; note that a L{Portal<twisted.cred.portal.Portal>} reads this
-        once, when the checker is registered.
+        L{IUsernamePassword}; L{IUsernameHashedPassword} when at least one user's password is
+        stored in a plaintext-equivalent scheme; L{IScramCredentials} when at least one user
+        can use SCRAM (such a password, or a C{SCRAM-*} one).  Reflects the file as last read,
+        without checking it for changes; note that a L{Portal<twisted.cred.portal.Portal>}
+        reads this once, when the checker is registered.
         """
+        interfaces: tuple[InterfaceClass, ...] = (IUsernamePassword,)
         if self._hasPlaintext:
-            return (IUsernamePassword, IUsernameHashedPassword)
-        return (IUsernamePassword,)
+            interfaces += (IUsernameHashedPassword,)
+        if self._hasScram:
+            interfaces += (IScramCredentials,)
+        return interfaces
 
     def plaintextSecret(self, username: bytes) -> bytes | None:
         """
@@ -636,14 +720,54 @@ class PasswdFileChecker:
         entry = self._users.get(username)
         return None if entry is None else entry.plaintext
 
+    def scramSecrets(self, username: bytes, hashName: str) -> Deferred[ScramSecrets | None]:
+        """
+        Look up a user's SCRAM secrets (see the class docstring); never L{None}.
+        """
+        self._refresh()
+        found: Deferred[ScramSecrets | None] = self._lookUpScram(username, hashName).addCallback(
+            lambda result: result[0]
+        )
+        return found
+
+    def _lookUpScram(self, username: bytes, hashName: str) -> Deferred[tuple[ScramSecrets, bool]]:
+        """
+        Find or make a user's SCRAM secrets.
+
+        @return: a L{Deferred} firing with the secrets, and whether they are real (rather than
+            fake ones, for a user who cannot log in with SCRAM using C{hashName}).
+        """
+        entry = self._users.get(username)
+        iterations = self._scramIterations.get(hashName, SCRAM_DEFAULT_ITERATIONS)
+        if entry is not None and entry.scram is not None and entry.scram[0] == hashName:
+            return succeed((entry.scram[1], True))
+        # A password with a NUL matches nothing (see the class docstring).
+        if entry is not None and entry.plaintext is not None and b"\0" not in entry.plaintext:
+            cached = entry.derived.get(hashName)
+            if cached is not None:
+                return succeed((cached, True))
+            derive = partial(
+                deriveScramSecrets,
+                hashName,
+                entry.plaintext,
+                scramSalt(hashName, username),
+                iterations,
+            )
+            derived: Deferred[ScramSecrets] = deferToThread(derive)
+            return derived.addCallback(
+                lambda scram: (entry.derived.setdefault(hashName, scram), True)
+            )
+        return succeed((fakeScramSecrets(hashName, username, iterations), False))
+
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         """
         Check credentials against the passwd-file.
 
-        @param credentials: an L{IUsernamePassword} or L{IUsernameHashedPassword} provider.
+        @param credentials: an L{IUsernamePassword}, L{IUsernameHashedPassword} or
+            L{IScramCredentials} provider.
         @return: a L{Deferred} firing with the user name, or failing with L{UnauthorizedLogin}:
             the same failure for an unknown user, a wrong password, and a user whose stored
-            password cannot check L{IUsernameHashedPassword} credentials.
+            password cannot check the credentials given.
         """
         self._refresh()
         username: bytes = credentials.username
@@ -654,6 +778,8 @@ class PasswdFileChecker:
                 matched = succeed(False)
             else:
                 matched = self._verify(entry, password)
+        elif IScramCredentials.providedBy(credentials):
+            matched = self._checkScram(username, credentials)
         else:
             matched = self._checkHashed(entry, credentials)
         return matched.addCallbacks(
@@ -686,6 +812,16 @@ class PasswdFileChecker:
             credentials.checkPassword, _DUMMY_SECRET if secret is None else secret
         )
         return matched.addCallback(lambda result: bool(result) and secret is not None)
+
+    def _checkScram(self, username: bytes, credentials: Any) -> Deferred[bool]:
+        """
+        Check the proof of L{IScramCredentials} against the StoredKey, real or fake, so that
+        refusals take the same time.
+        """
+        found = self._lookUpScram(username, credentials.hashName)
+        return found.addCallback(
+            lambda result: bool(credentials.checkStoredKey(result[0].storedKey)) and result[1]
+        )
 
     def _matched(self, matched: bool, username: bytes) -> bytes:
         if not matched:
@@ -759,6 +895,17 @@ class PasswdFileChecker:
         self._users = users
         self._identity = identity
         self._hasPlaintext = any(entry.plaintext is not None for entry in users.values())
+        self._hasScram = self._hasPlaintext or any(e.scram is not None for e in users.values())
+        # Derived and fake secrets use the iteration count most stored ones use, so that the
+        # server-first message does not single them out.
+        scramIterations: dict[str, Counter[int]] = {}
+        for entry in users.values():
+            if entry.scram is not None:
+                hashName, stored = entry.scram
+                scramIterations.setdefault(hashName, Counter())[stored.iterations] += 1
+        self._scramIterations = {
+            hashName: counts.most_common(1)[0][0] for hashName, counts in scramIterations.items()
+        }
         costSchemes = Counter(entry.costScheme for entry in users.values())
         self._costScheme = costSchemes.most_common(1)[0][0] if users else _DEFAULT_SCHEME
         self._log.info(

@@ -3,7 +3,8 @@ Tests for L{popd.cred}: the Dovecot passwd-file checker and the password hasher.
 
 Known vectors come from outside popd: Dovecot's documentation and C{doveadm pw} output, Dovecot's
 crypt(3) self-test samples (C{password-scheme-crypt.c}), the crypt_blowfish and Argon2 reference
-test vectors, RFC 2195, and digests computed here with C{hashlib}.
+test vectors, RFC 2195, RFC 7677's SCRAM example with keys computed by scramp, and digests
+computed here with C{hashlib}.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Callable, Generator, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from passlib.hash import argon2, sha512_crypt
+from scramp import ScramMechanism  # type: ignore[import-untyped]
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import (
     CramMD5Credentials,
@@ -38,6 +40,7 @@ from zope.interface.verify import verifyObject
 from popd import cred
 from popd.cred import SCHEMES, PasswdFileChecker, PasswdFileError, hashPassword
 from popd.credentials import APOPCredentials
+from popd.sasl import IScramCredentials, IScramSecretSource, ScramCredentials, ScramSecrets
 
 # Low costs keep the tests fast; the defaults are tested once, in HashPasswordTests.
 CHEAP_ROUNDS = {
@@ -141,6 +144,7 @@ class HashPasswordTests(SynchronousTestCase):
                 "PLAIN", "CLEARTEXT", "PLAIN-MD5", "LDAP-MD5", "MD5", "SHA", "SHA256", "SHA512",
                 "SSHA", "SSHA256", "SSHA512", "CRYPT", "MD5-CRYPT", "SHA256-CRYPT",
                 "SHA512-CRYPT", "BLF-CRYPT", "ARGON2I", "ARGON2ID", "CRAM-MD5",
+                "SCRAM-SHA-1", "SCRAM-SHA-256",
             }.issubset(SCHEMES)
         )
 
@@ -526,7 +530,7 @@ class RoundTripTests(TestCase):
         A password with a NUL, or one that is not UTF-8, is refused, not an error; so is a
         NUL that HMAC's key padding would ignore.
         """
-        schemes = ["SHA512-CRYPT", "BLF-CRYPT", "ARGON2ID", "SSHA512", "CRAM-MD5"]
+        schemes = ["SHA512-CRYPT", "BLF-CRYPT", "ARGON2ID", "SSHA512", "CRAM-MD5", "SCRAM-SHA-1"]
         lines = [f"u{i}:{cheapHash('pw', s)}" for i, s in enumerate(schemes)]
         checker = PasswdFileChecker(writePasswd(self, *lines))
         for i in range(len(lines)):
@@ -694,7 +698,8 @@ class HashedCredentialsTests(SynchronousTestCase):
         L{IUsernameHashedPassword} is listed only when some user has a plaintext password.
         """
         self.assertEqual(
-            set(self.checker.credentialInterfaces), {IUsernamePassword, IUsernameHashedPassword}
+            set(self.checker.credentialInterfaces),
+            {IUsernamePassword, IUsernameHashedPassword, IScramCredentials},
         )
         path = writePasswd(
             self, "a:" + hashPassword("x", "SSHA512"), "b:" + hashPassword("x", "CRAM-MD5")
@@ -864,3 +869,223 @@ class FileContentsTests(SynchronousTestCase):
             f.write("u:{PLAIN}new\n")
         self.assertEqual(self.successResultOf(login(checker, "u", "new")), b"u")
         self.failureResultOf(login(checker, "u", "pw"), UnauthorizedLogin)
+
+
+# RFC 7677 section 3: user "user", password "pencil"; the keys computed by scramp, not by popd.
+RFC7677_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+_rfc7677Keys = ScramMechanism("SCRAM-SHA-256").make_auth_info("pencil", 4096, RFC7677_SALT)
+RFC7677_SECRETS = ScramSecrets(RFC7677_SALT, 4096, _rfc7677Keys[1], _rfc7677Keys[2])
+RFC7677_LINE = "user:{SCRAM-SHA-256}4096,%s,%s,%s" % tuple(
+    base64.b64encode(value).decode() for value in (RFC7677_SALT, *_rfc7677Keys[1:3])
+)
+# RFC 7677's AuthMessage and ClientProof for those keys.
+RFC7677_AUTH_MESSAGE = (
+    b"n=user,r=rOprNGfwEbeRWgbNEkqO,"
+    b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,"
+    b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+)
+RFC7677_PROOF = base64.b64decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+
+
+def scramProof(
+    username: bytes, password: bytes, scram: ScramSecrets, hashName: str
+) -> ScramCredentials:
+    """
+    Credentials carrying the proof a client makes from C{password} and the server's salt and
+    iteration count (RFC 5802 section 3), for a made-up AuthMessage: the checker only checks
+    the proof against it.
+    """
+    authMessage = b"n=x,r=abc,r=abcdef,s=c2FsdA==,i=4096,c=biws,r=abcdef"
+    salted = hashlib.pbkdf2_hmac(hashName, password, scram.salt, scram.iterations)
+    clientKey = hmac.digest(salted, b"Client Key", hashName)
+    storedKey = hashlib.new(hashName, clientKey).digest()
+    signature = hmac.digest(storedKey, authMessage, hashName)
+    proof = bytes(a ^ b for a, b in zip(clientKey, signature))
+    return ScramCredentials(username, hashName, authMessage, proof)
+
+
+class ScramSchemeTests(SynchronousTestCase):
+    """
+    The C{SCRAM-SHA-1} and C{SCRAM-SHA-256} schemes, in Dovecot's format.
+    """
+
+    def test_format(self) -> None:
+        """
+        C{iterations,salt,StoredKey,ServerKey}, base64, with a 16-octet salt and 4096
+        iterations by default, as C{doveadm pw -s SCRAM-SHA-256}; the keys are those of
+        RFC 5802 for that salt, as scramp computes them.
+        """
+        for scheme, size in [("SCRAM-SHA-256", 32), ("SCRAM-SHA-1", 20)]:
+            hashed = hashPassword(PASSWORD, scheme)
+            prefix, value = hashed.split("}", 1)
+            self.assertEqual(prefix, "{" + scheme)
+            iterations, salt, storedKey, serverKey = value.split(",")
+            self.assertEqual(iterations, "4096")
+            self.assertEqual(len(base64.b64decode(salt)), 16)
+            self.assertEqual(len(base64.b64decode(storedKey)), size)
+            expected = ScramMechanism(scheme).make_auth_info(
+                PASSWORD, 4096, base64.b64decode(salt)
+            )
+            self.assertEqual(base64.b64decode(storedKey), expected[1])
+            self.assertEqual(base64.b64decode(serverKey), expected[2])
+        self.assertIn("}5000,", hashPassword("x", "SCRAM-SHA-1", rounds=5000))
+
+    def test_badRounds(self) -> None:
+        """
+        Fewer than 4096 iterations (RFC 7677's minimum), or more than scramp accepts, are
+        refused rather than clamped as Dovecot does.
+        """
+        self.assertRaises(ValueError, hashPassword, "x", "SCRAM-SHA-256", rounds=4095)
+        self.assertRaises(ValueError, hashPassword, "x", "SCRAM-SHA-256", rounds=10_000_001)
+
+    def test_passAgainstScramEntry(self) -> None:
+        """
+        A plaintext login (PASS, AUTH PLAIN) is checked against a SCRAM entry by deriving the
+        StoredKey with the stored salt: RFC 7677's user logs in with "pencil" only.
+        """
+        self.patch(cred, "deferToThread", defer.maybeDeferred)
+        checker = PasswdFileChecker(writePasswd(self, RFC7677_LINE))
+        self.assertEqual(self.successResultOf(login(checker, "user", "pencil")), b"user")
+        self.failureResultOf(login(checker, "user", "pencil "), UnauthorizedLogin)
+
+    def test_badLines(self) -> None:
+        """
+        SCRAM entries that are malformed or unusable by SCRAM clients are skipped with a
+        warning.
+        """
+        def b64(length: int) -> str:
+            return base64.b64encode(b"k" * length).decode()
+
+        lines = [
+            f"fields:{{SCRAM-SHA-256}}4096,{b64(16)},{b64(32)}",
+            f"iterations:{{SCRAM-SHA-256}}x096,{b64(16)},{b64(32)},{b64(32)}",
+            f"few:{{SCRAM-SHA-256}}4095,{b64(16)},{b64(32)},{b64(32)}",
+            f"salt:{{SCRAM-SHA-256}}4096,{b64(11)},{b64(32)},{b64(32)}",
+            f"key:{{SCRAM-SHA-256}}4096,{b64(16)},{b64(20)},{b64(32)}",
+            f"base64:{{SCRAM-SHA-1}}4096,{b64(16)},{b64(20)},!{b64(20)}",
+            f"good:{{SCRAM-SHA-1}}4096,{b64(16)},{b64(20)},{b64(20)}",
+        ]
+        with capturedLogs() as events:
+            checker = PasswdFileChecker(writePasswd(self, *lines))
+        self.assertEqual(len(warningTexts(events)), 6)
+        good = self.successResultOf(checker.scramSecrets(b"good", "sha1"))
+        self.assertEqual(good, ScramSecrets(b"k" * 16, 4096, b"k" * 20, b"k" * 20))
+
+
+class ScramSecretSourceTests(SynchronousTestCase):
+    """
+    L{PasswdFileChecker} as an L{IScramSecretSource}, and as the checker of
+    L{IScramCredentials}.
+    """
+
+    def setUp(self) -> None:
+        self.derivations: list[Callable[[], Any]] = []
+
+        def countingDeferToThread(f: Callable[[], Any]) -> Deferred[Any]:
+            self.derivations.append(f)
+            return defer.maybeDeferred(f)
+
+        self.patch(cred, "deferToThread", countingDeferToThread)
+        self.path = writePasswd(
+            self,
+            RFC7677_LINE,
+            "plain:{PLAIN}pencil",
+            "hashed:" + hashPassword("pencil", "SSHA512"),
+            "nul:{PLAIN.b64}" + base64.b64encode(b"pen\0cil").decode(),
+        )
+        self.checker = PasswdFileChecker(self.path)
+
+    def secrets(self, username: bytes, hashName: str = "sha256") -> ScramSecrets:
+        found = self.successResultOf(self.checker.scramSecrets(username, hashName))
+        assert found is not None
+        return found
+
+    def test_interfaces(self) -> None:
+        """
+        The checker provides L{IScramSecretSource} and lists L{IScramCredentials} only when
+        some user can use SCRAM.
+        """
+        self.assertTrue(verifyObject(IScramSecretSource, self.checker))
+        self.assertIn(IScramCredentials, self.checker.credentialInterfaces)
+        hashedOnly = PasswdFileChecker(writePasswd(self, "a:" + hashPassword("x", "SSHA512")))
+        self.assertNotIn(IScramCredentials, hashedOnly.credentialInterfaces)
+        scramOnly = PasswdFileChecker(writePasswd(self, RFC7677_LINE))
+        self.assertEqual(
+            set(scramOnly.credentialInterfaces), {IUsernamePassword, IScramCredentials}
+        )
+
+    def test_storedSecrets(self) -> None:
+        """
+        A SCRAM entry's secrets are served as stored, for its own hash only.
+        """
+        self.assertEqual(self.secrets(b"user"), RFC7677_SECRETS)
+        other = self.secrets(b"user", "sha1")
+        self.assertNotEqual(other.salt, RFC7677_SALT)
+        self.assertEqual(len(other.storedKey), 20)
+
+    def test_plaintextDerivedOnce(self) -> None:
+        """
+        A plaintext user's secrets are derived from the password with a salt stable for this
+        process, once per hash until the file changes; a client computes the same keys.
+        """
+        first = self.secrets(b"plain")
+        self.assertEqual(self.secrets(b"plain"), first)
+        self.assertEqual(len(self.derivations), 1)
+        self.assertEqual(len(first.salt), 16)
+        self.assertEqual(first.iterations, 4096)
+        expected = ScramMechanism("SCRAM-SHA-256").make_auth_info("pencil", 4096, first.salt)
+        self.assertEqual((first.storedKey, first.serverKey), expected[1:3])
+        self.secrets(b"plain", "sha1")
+        self.assertEqual(len(self.derivations), 2)
+        rewrite(self.path, "plain:{PLAIN}pencil")
+        self.assertEqual(self.secrets(b"plain"), first)
+        self.assertEqual(len(self.derivations), 3)
+
+    def test_fakeSecrets(self) -> None:
+        """
+        Unknown users, users whose password cannot make SCRAM keys, and users with a NUL in
+        their password get fake secrets shaped like real ones (16-octet salt, the file's
+        iteration count), stable across exchanges, and nothing is derived for them.
+        """
+        for name in (b"nobody", b"hashed", b"nul"):
+            fake = self.secrets(name)
+            self.assertEqual(self.secrets(name), fake)
+            shape = (len(fake.salt), fake.iterations, len(fake.storedKey))
+            self.assertEqual(shape, (16, 4096, 32))
+        self.assertNotEqual(self.secrets(b"nobody").salt, self.secrets(b"hashed").salt)
+        self.assertEqual(self.derivations, [])
+
+    def test_fileIterationCount(self) -> None:
+        """
+        Derived and fake secrets use the iteration count most SCRAM entries use, so that it
+        does not tell them apart.
+        """
+        lines = [f"s{i}:" + hashPassword("x", "SCRAM-SHA-256", rounds=5000) for i in range(2)]
+        checker = PasswdFileChecker(writePasswd(self, *lines, "p:{PLAIN}pw"))
+        for name in (b"p", b"nobody"):
+            found = self.successResultOf(checker.scramSecrets(name, "sha256"))
+            assert found is not None
+            self.assertEqual(found.iterations, 5000)
+
+    def test_checkScramCredentials(self) -> None:
+        """
+        L{IScramCredentials} are checked against the StoredKey: RFC 7677's proof passes, a
+        proof made with another password fails, and so does any proof for a user without
+        real secrets, with the same failure.
+        """
+        rfc = ScramCredentials(b"user", "sha256", RFC7677_AUTH_MESSAGE, RFC7677_PROOF)
+        self.assertEqual(self.successResultOf(self.checker.requestAvatarId(rfc)), b"user")
+        plain = self.secrets(b"plain")
+        good = scramProof(b"plain", b"pencil", plain, "sha256")
+        self.assertEqual(self.successResultOf(self.checker.requestAvatarId(good)), b"plain")
+        failures = [
+            self.failureResultOf(self.checker.requestAvatarId(credentials), UnauthorizedLogin)
+            for credentials in [
+                scramProof(b"plain", b"pencil!", plain, "sha256"),
+                scramProof(b"user", b"pencil", RFC7677_SECRETS, "sha1"),
+                scramProof(b"nobody", b"pencil", self.secrets(b"nobody"), "sha256"),
+                scramProof(b"hashed", b"pencil", self.secrets(b"hashed"), "sha256"),
+                ScramCredentials(b"user", "sha256", RFC7677_AUTH_MESSAGE, RFC7677_PROOF[:-1]),
+            ]
+        ]
+        self.assertEqual({f.value.args for f in failures}, {("Invalid user name or password",)})
