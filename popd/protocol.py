@@ -48,7 +48,8 @@ from popd.credentials import APOPCredentials
 from popd.errors import MaildropInUse, MessageGone, PermanentFailure, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
 from popd.limits import ConcurrencyLimit, FailurePenalty, LoginDelay
-from popd.sasl import DEFAULT_MECHANISMS, Challenge, ISASLExchange, ISASLMechanism, MalformedResponse
+from popd.metrics import Metrics
+from popd.sasl import Challenge, ISASLExchange, ISASLMechanism, MalformedResponse, mechanismsFor
 from popd.twistedmail import IMailbox, MailboxMaildrop
 
 #: How much of a message is read from the store at a time.
@@ -248,6 +249,7 @@ class _SessionStatistics:
         self.deleted = 0
         self.octetsSent = 0
         self.outcome = "disconnected"
+        self.mechanism = "-"
 
 
 class POP3ServerProtocol(LineReceiver, TimeoutMixin):
@@ -320,6 +322,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         factory = self.factory
+        factory.metrics.connected()
         self.MAX_LENGTH = factory.maxLineLength - 1
         self._started = factory.reactor.seconds()
         self._secure = _isTLS(self.transport)
@@ -364,12 +367,14 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._releaseMaildrop()
         elapsed = self.factory.reactor.seconds() - self._started
         stats = self._statistics
+        self.factory.metrics.sessionEnded(stats.outcome, elapsed)
         self._log.info(
-            "session end: user={user} peer={peer} tls={tls} outcome={outcome}"
+            "session end: user={user} peer={peer} tls={tls} auth={mechanism} outcome={outcome}"
             " retr={retr} top={top} dele={dele} octets={octets} duration={duration:.3f}s",
             user=self._user.decode("utf-8", "replace") if self._user is not None else "-",
             peer=str(self._transport.getPeer()),
             tls=self._secure,
+            mechanism=stats.mechanism,
             outcome=stats.outcome,
             retr=stats.retrieved,
             top=stats.topped,
@@ -432,8 +437,10 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         keyword, _, argument = line.partition(b" ")
         keyword = keyword.upper()
         command = self._commands[self.state].get(keyword)
+        known = command is not None or any(keyword in t for t in self._commands.values())
+        # Only keywords popd knows become metric labels: clients cannot create new series.
+        self.factory.metrics.commands[keyword.decode("ascii") if known else "unknown"] += 1
         if command is None:
-            known = any(keyword in table for table in self._commands.values())
             self._badCommand(Response.WRONG_STATE if known else Response.UNKNOWN)
             return
         self._runCommand(keyword, command, argument)
@@ -532,6 +539,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self._badCommand(Response.SYNTAX)
             return None
         # The whole rest of the line is the password: it may contain spaces (rule R12).
+        self._statistics.mechanism = "USER"
         return self._login(UsernamePassword(self._user, argument))
 
     def do_APOP(self, argument: bytes) -> Deferred[Any] | None:
@@ -541,6 +549,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self._badCommand(Response.SYNTAX)
             return None
         self._user = name
+        self._statistics.mechanism = "APOP"
         return self._login(APOPCredentials(self._apopTimestamp, name, digest))
 
     def _availableMechanisms(self) -> list[ISASLMechanism]:
@@ -573,6 +582,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             if response is None:
                 self._badCommand(Response.SASL_MALFORMED)
                 return None
+        self._statistics.mechanism = "AUTH " + chosen[0].name.decode("ascii")
         self._saslExchange = chosen[0].exchange(self.factory.hostname)
         return self._saslStep(response)
 
@@ -589,7 +599,11 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         """
         if line == b"*":
             # RFC 5034 section 4: a cancelled exchange MUST be answered with -ERR (rule R31).
-            self._saslExchange = None
+            exchange, self._saslExchange = self._saslExchange, None
+            assert exchange is not None
+            refused = exchange.cancel()
+            if refused is not None:
+                return self._login(refused)
             self.sendLine(Response.SASL_CANCELLED)
             return None
         response = self._decodeBase64(line)
@@ -661,17 +675,20 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             factory.penalty.succeeded(self._peerKey)
         if not factory.userSessions.acquire(user):
             self._releaseMaildrop()
+            factory.metrics.logins["too_many_sessions"] += 1
             self.sendLine(Response.TOO_MANY_SESSIONS)
             return defer.succeed(None)
         self._sessionUser = user
         # Checked only now, after a valid password, so that it reveals nothing (rule R28).
         if factory.loginDelay is not None and not factory.loginDelay.allow(user):
             self._releaseMaildrop()
+            factory.metrics.logins["login_delay"] += 1
             self.sendLine(Response.LOGIN_DELAY)
             return defer.succeed(None)
         return maildrop.listing().addCallback(self._listed)
 
     def _listed(self, listing: Sequence[MessageInfo]) -> None:
+        self.factory.metrics.logins["success"] += 1
         self._listing = listing
         self.state = State.TRANSACTION
         self._statistics.outcome = "logged in"
@@ -680,13 +697,17 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def _loginFailed(self, reason: Failure) -> Deferred[Any] | None:
         self._releaseMaildrop()
+        logins = self.factory.metrics.logins
         if reason.check(MaildropInUse):
+            logins["in_use"] += 1
             self.sendLine(Response.IN_USE)
             return None
         if not reason.check(UnauthorizedLogin, LoginFailed):
+            logins["error"] += 1
             self._log.failure("login failed unexpectedly", failure=reason)
             self.sendLine(Response.SYS_TEMP)
             return None
+        logins["failure"] += 1
         self._authFailures += 1
         self._user = None
         # The answer comes late, without blocking the reactor, so guessing is slow; a peer
@@ -939,6 +960,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
         def progress(octets: int) -> None:
             self._statistics.octetsSent += octets
+            self.factory.metrics.octetsSent += octets
             self.resetTimeout()
 
         self._sender = _MessageSender(self._transport, message, encoder, progress)
@@ -1005,6 +1027,7 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
     @ivar expireDays: the EXPIRE policy (RFC 2449 section 6.7): messages retrieved this many
         days ago are removed at the next UPDATE (0: at the end of the session that retrieved
         them); L{None} for never.
+    @ivar metrics: counters of what the server did, for C{--metrics}.
     @ivar peerConnections: connections held by each peer address, up to a limit.
     @ivar userSessions: logged-in sessions held by each user, up to a limit.
     @ivar penalty: the growing delay of each peer's failed logins, from C{authFailureDelay}
@@ -1033,7 +1056,7 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
         maxSessionsPerUser: int = 10,
         loginDelay: int | None = None,
         expireDays: int | None = None,
-        mechanisms: Sequence[ISASLMechanism] = DEFAULT_MECHANISMS,
+        mechanisms: Sequence[ISASLMechanism] | None = None,
         reactor: IReactorTime | None = None,
     ) -> None:
         if maxLineLength < 255:
@@ -1052,8 +1075,10 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
         self.maxAuthFailures = maxAuthFailures
         self.maxBadCommands = maxBadCommands
         self.authFailureDelay = authFailureDelay
-        self.mechanisms = mechanisms
+        # By default, every mechanism the portal's checkers can serve (SCRAM, OAuth, ...).
+        self.mechanisms = mechanismsFor(portal) if mechanisms is None else mechanisms
         self.expireDays = expireDays
+        self.metrics = Metrics()
         self.peerConnections: ConcurrencyLimit[str] = ConcurrencyLimit(maxConnectionsPerPeer)
         self.userSessions: ConcurrencyLimit[bytes] = ConcurrencyLimit(maxSessionsPerUser)
         # A peer's penalty is forgotten after ten quiet minutes.

@@ -28,10 +28,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.filepath import FilePath
+from twisted.web.server import Site
 
 from popd.cred import PasswdFileChecker, PasswdFileError
 from popd.demo import DEMO_HOST, prepareDemo
 from popd.maildir import MaildirRealm
+from popd.metrics import MetricsResource
 from popd.protocol import POP3ServerFactory
 from popd.tls import TLS_VERSIONS, ReloadableTLSContext
 
@@ -297,6 +299,13 @@ Examples:
             _tlsVersion,
         ],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (connections, logins, commands, octets, session "
+            "durations) over HTTP on this endpoint. Example: --metrics tcp:9110:interface=127.0.0.1",
+        ],
+        [
             "demo-port",
             None,
             None,
@@ -385,6 +394,8 @@ Examples:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"] + self["tls-listen"]:
             _checkEndpoint(description)
+        if self["metrics"] is not None:
+            _checkEndpoint(self["metrics"])
 
     def _checker(self) -> ICredentialsChecker:
         """
@@ -539,6 +550,9 @@ def makeService(options: Options) -> IService:
         assert tlsContext is not None
         implicitTLS = TLSMemoryBIOFactory(tlsContext, False, factory)
         strports.service(description, implicitTLS, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
+    if options["metrics"] is not None:
+        site = Site(MetricsResource(factory.metrics))  # type: ignore[no-untyped-call]
+        strports.service(options["metrics"], site, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     reloads: list[Callable[[], object]] = []
     if tlsContext is not None:
         reloads.append(tlsContext.reload)

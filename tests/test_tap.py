@@ -29,12 +29,14 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
 
 import popd
 from popd.cred import PasswdFileChecker
 from popd.demo import prepareDemo
 from popd.maildir import MaildirRealm
 from popd.protocol import POP3ServerFactory
+from popd.metrics import MetricsResource
 from popd.tap import Options, ReloadOnHangup, makeService
 from popd.tls import ReloadableTLSContext
 
@@ -338,6 +340,23 @@ class OptionsTests(SynchronousTestCase):
         )
         assert factory.loginDelay is not None
         self.assertEqual((factory.loginDelay.seconds, factory.expireDays), (300, 7))
+
+    def test_metrics(self) -> None:
+        """
+        C{--metrics} serves the factory's counters over HTTP on its endpoint, and is checked
+        like any endpoint.
+        """
+        self.assertUsageError("--listen nonsense:", *self.files.store(), "--metrics", "nonsense:")
+        options = _parse(*self.files.store(), "--metrics", "tcp:0:interface=127.0.0.1")
+        service = makeService(options)
+        sites = [
+            c for c in service
+            if isinstance(c, StreamServerEndpointService) and isinstance(c.factory, Site)
+        ]  # fmt: skip
+        self.assertEqual(len(sites), 1)
+        resource = sites[0].factory.resource
+        assert isinstance(resource, MetricsResource)
+        self.assertIs(resource._metrics, _factoryOf(service).metrics)
 
     def test_expireNever(self) -> None:
         """
