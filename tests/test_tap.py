@@ -862,3 +862,59 @@ class DemoEndToEndTests(SynchronousTestCase):
         client.stls(self.context)
         self.assertNotIn("STLS", client.capa())
         self._readWelcome(client)
+
+
+class SystemdTests(SynchronousTestCase):
+    """
+    C{twistd popd --listen systemd:...} serves a socket that systemd passed (socket activation,
+    C{sd_listen_fds(3)}): the socket is bound before popd starts, as a socket unit does.
+    """
+
+    def test_socketActivation(self) -> None:
+        """
+        popd serves the passed socket: a client connected to it reads a message from a
+        Maildir, with the password of the passwd-file.
+        """
+        directory = FilePath(self.mktemp())
+        files = _Files(directory)
+        maildir = directory.descendant(["mail", "bob", "Maildir"])
+        for name in ("new", "cur", "tmp"):
+            maildir.child(name).makedirs()
+        maildir.child("new").child("1700000000.M1P1.test").setContent(b"Subject: hi\n\nbody\n")
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(5)
+        # As systemd (227 or later): the socket is descriptor 3, named in LISTEN_FDNAMES,
+        # and LISTEN_PID names the process that serves it, so that process sets it itself
+        # before it becomes twistd.
+        launcher = (
+            "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+            "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', "
+            "LISTEN_FDNAMES='pop3'); "
+            "os.execv(sys.executable, [sys.executable] + sys.argv[2:])"
+        )
+        output = directory.child("twistd.out")
+        with output.open("w") as outputFile:
+            process = subprocess.Popen(
+                [sys.executable, "-c", launcher, str(listening.fileno()),
+                 *_twistd("-n", "--pidfile=", "popd", "--listen", "systemd:domain=INET:index=0",
+                          *files.store())[1:]],
+                cwd=directory.path,
+                env=_environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=outputFile,
+                stderr=subprocess.STDOUT,
+                pass_fds=(listening.fileno(),),
+            )  # fmt: skip
+        self.addCleanup(process.wait, _PROCESS_TIMEOUT)
+        self.addCleanup(process.terminate)
+        port = listening.getsockname()[1]
+        client = poplib.POP3("127.0.0.1", port, timeout=_PROCESS_TIMEOUT)
+        try:
+            client.user("bob")
+            client.pass_("secret")
+            self.assertEqual(client.retr(1)[1], [b"Subject: hi", b"", b"body"])
+            client.quit()
+        except (poplib.error_proto, OSError) as e:
+            self.fail(f"{e}\n{output.getContent().decode('utf-8', 'replace')}")
