@@ -290,33 +290,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._sender: _MessageSender | None = None
         self._started = 0.0
         self._statistics = _SessionStatistics()
-        self._commands: dict[State, dict[bytes, Callable[[bytes], Deferred[Any] | None]]] = {
-            State.AUTHORIZATION: {
-                b"USER": self.do_USER,
-                b"PASS": self.do_PASS,
-                b"APOP": self.do_APOP,
-                b"AUTH": self.do_AUTH,
-                b"STLS": self.do_STLS,
-                b"CAPA": self.do_CAPA,
-                b"UTF8": self.do_UTF8,
-                b"LANG": self.do_LANG,
-                b"QUIT": self.do_QUIT,
-            },
-            State.TRANSACTION: {
-                b"STAT": self.do_STAT,
-                b"LIST": self.do_LIST,
-                b"RETR": self.do_RETR,
-                b"TOP": self.do_TOP,
-                b"DELE": self.do_DELE,
-                b"NOOP": self.do_NOOP,
-                b"RSET": self.do_RSET,
-                b"UIDL": self.do_UIDL,
-                b"CAPA": self.do_CAPA,
-                b"LANG": self.do_LANG,
-                b"QUIT": self.do_QUIT,
-            },
-            State.UPDATE: {},
-        }
+        # What this connection does not offer of the commands popd knows.
+        self._unavailable: frozenset[bytes] = frozenset()
 
     # Connection life
 
@@ -329,10 +304,11 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if ITCPTransport.providedBy(self.transport):
             # Responses are written whole; Nagle's algorithm would only delay them.
             self._transport.setTcpNoDelay(True)
-        if factory.enableLast:
-            self._commands[State.TRANSACTION][b"LAST"] = self.do_LAST
+        unavailable = set()
+        if not factory.enableLast:
+            unavailable.add(b"LAST")
         if not factory.canStartTLS(self._transport):
-            del self._commands[State.AUTHORIZATION][b"STLS"]
+            unavailable.add(b"STLS")
         if factory.apopAvailable():
             self._apopTimestamp = b"<%s.%d@%s>" % (
                 secrets.token_hex(16).encode("ascii"),
@@ -341,8 +317,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             )
             greeting = b"+OK POP3 server ready " + self._apopTimestamp
         else:
-            del self._commands[State.AUTHORIZATION][b"APOP"]
+            unavailable.add(b"APOP")
             greeting = b"+OK POP3 server ready."
+        self._unavailable = frozenset(unavailable)
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
         peer = self._transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
@@ -429,15 +406,17 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if line.endswith(b"\r"):
             line = line[:-1]
         if self._saslExchange is not None:
-            self._runCommand(b"AUTH", self._saslResponse, line)
+            self._runCommand(b"AUTH", POP3ServerProtocol._saslResponse, line)
             return
         if b"\0" in line:
             self._badCommand(Response.NUL)
             return
         keyword, _, argument = line.partition(b" ")
         keyword = keyword.upper()
-        command = self._commands[self.state].get(keyword)
-        known = command is not None or any(keyword in t for t in self._commands.values())
+        if keyword in self._unavailable:
+            command, known = None, False
+        else:
+            command, known = _COMMANDS[self.state].get(keyword), keyword in _KNOWN_COMMANDS
         # Only keywords popd knows become metric labels: clients cannot create new series.
         self.factory.metrics.commands[keyword.decode("ascii") if known else "unknown"] += 1
         if command is None:
@@ -445,11 +424,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             return
         self._runCommand(keyword, command, argument)
 
-    def _runCommand(
-        self, keyword: bytes, command: Callable[[bytes], Deferred[Any] | None], argument: bytes
-    ) -> None:
+    def _runCommand(self, keyword: bytes, command: _Command, argument: bytes) -> None:
         try:
-            result = command(argument)
+            result = command(self, argument)
         except Exception:
             self._log.failure("command {keyword} failed", keyword=keyword.decode("ascii"))
             self.sendLine(Response.SYS_TEMP)
@@ -774,7 +751,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         mechanisms = self._availableMechanisms()
         if mechanisms:
             capabilities.append(b" ".join([b"SASL", *(m.name for m in mechanisms)]))
-        if b"STLS" in self._commands[State.AUTHORIZATION] and not self._secure:
+        if b"STLS" not in self._unavailable and not self._secure:
             capabilities.append(b"STLS")
         factory = self.factory
         if factory.loginDelay is not None:
@@ -1007,6 +984,42 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         # RFC 1460, removed from the standard: only behind --enable-last, never in CAPA (R38).
         if self._noArgument(argument):
             self.sendLine(b"+OK %d" % (self._highestAccessed,))
+
+
+_Command = Callable[[POP3ServerProtocol, bytes], "Deferred[Any] | None"]
+
+#: Each state's whitelist of commands (RFC 1939 section 3): nothing else is ever dispatched.
+_COMMANDS: dict[State, dict[bytes, _Command]] = {
+    State.AUTHORIZATION: {
+        b"USER": POP3ServerProtocol.do_USER,
+        b"PASS": POP3ServerProtocol.do_PASS,
+        b"APOP": POP3ServerProtocol.do_APOP,
+        b"AUTH": POP3ServerProtocol.do_AUTH,
+        b"STLS": POP3ServerProtocol.do_STLS,
+        b"CAPA": POP3ServerProtocol.do_CAPA,
+        b"UTF8": POP3ServerProtocol.do_UTF8,
+        b"LANG": POP3ServerProtocol.do_LANG,
+        b"QUIT": POP3ServerProtocol.do_QUIT,
+    },
+    State.TRANSACTION: {
+        b"STAT": POP3ServerProtocol.do_STAT,
+        b"LIST": POP3ServerProtocol.do_LIST,
+        b"RETR": POP3ServerProtocol.do_RETR,
+        b"TOP": POP3ServerProtocol.do_TOP,
+        b"DELE": POP3ServerProtocol.do_DELE,
+        b"NOOP": POP3ServerProtocol.do_NOOP,
+        b"RSET": POP3ServerProtocol.do_RSET,
+        b"UIDL": POP3ServerProtocol.do_UIDL,
+        b"LAST": POP3ServerProtocol.do_LAST,
+        b"CAPA": POP3ServerProtocol.do_CAPA,
+        b"LANG": POP3ServerProtocol.do_LANG,
+        b"QUIT": POP3ServerProtocol.do_QUIT,
+    },
+    State.UPDATE: {},
+}
+
+# Commands of some state: answered "not valid in this state" rather than "unknown" elsewhere.
+_KNOWN_COMMANDS = frozenset(keyword for table in _COMMANDS.values() for keyword in table)
 
 
 class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
