@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import ctypes.util
 import hashlib
 import hmac
 import os
@@ -242,7 +243,57 @@ _CRYPT_COST_SCHEMES: Final = {
 }
 
 
+def _findSystemCrypt() -> Callable[[bytes, bytes], bytes | None] | None:
+    """
+    Bind the system's crypt(3), libxcrypt's C{crypt_rn}.
+
+    libpass verifies the SHA-crypt and MD5-crypt formats in Python, holding the interpreter
+    lock for milliseconds per login; libxcrypt does the same work in C, and a C{ctypes} call
+    releases the lock, so logins checked in threads run in parallel.
+
+    @return: a function from a password and a stored hash to the hash recomputed with that
+        hash's salt and cost (L{None} when libxcrypt refuses them), or L{None} when there is
+        no libxcrypt that passes a known-answer test.
+    """
+    name = ctypes.util.find_library("crypt")
+    try:
+        cryptRN = ctypes.CDLL(name).crypt_rn if name else None
+    except (OSError, AttributeError):
+        cryptRN = None
+    if cryptRN is None:
+        return None
+    cryptRN.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+    cryptRN.restype = ctypes.c_char_p
+    # Larger than libxcrypt's struct crypt_data (32768 octets on every platform it supports).
+    dataSize = 1 << 16
+
+    def systemCrypt(password: bytes, stored: bytes) -> bytes | None:
+        data = ctypes.create_string_buffer(dataSize)
+        result: bytes | None = cryptRN(password, stored, data, dataSize)
+        return None if result is None or result.startswith(b"*") else result
+
+    if systemCrypt(b"password", _SYSTEM_CRYPT_KNOWN_ANSWER) != _SYSTEM_CRYPT_KNOWN_ANSWER:
+        return None
+    return systemCrypt
+
+
+# "password" as glibc's and libxcrypt's SHA512-CRYPT with 5000 rounds: a known answer.
+_SYSTEM_CRYPT_KNOWN_ANSWER: Final = (
+    b"$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc."
+    b"eoxqOmSuNp2xS0ktL3nh/"
+)
+
+_systemCrypt: Final = _findSystemCrypt()
+
+# The formats libxcrypt verifies for libpass.
+_SYSTEM_CRYPT_HANDLERS: Final = (sha512_crypt, sha256_crypt, md5_crypt, des_crypt)
+
+
 def _verifyPassLib(handler: Any, stored: str, password: bytes) -> bool:
+    if handler in _SYSTEM_CRYPT_HANDLERS and _systemCrypt is not None:
+        recomputed = _systemCrypt(password, stored.encode("ascii"))
+        if recomputed is not None:
+            return hmac.compare_digest(recomputed, stored.encode("ascii"))
     if handler is bcrypt:
         password = password[:_BCRYPT_MAX_PASSWORD]
     try:

@@ -1089,3 +1089,40 @@ class ScramSecretSourceTests(SynchronousTestCase):
             ]
         ]
         self.assertEqual({f.value.args for f in failures}, {("Invalid user name or password",)})
+
+
+class SystemCryptTests(SynchronousTestCase):
+    """
+    SHA-crypt, MD5-crypt and DES-crypt hashes are verified by libxcrypt, which agrees with
+    libpass, and libpass still verifies them where libxcrypt is missing.
+    """
+
+    def setUp(self) -> None:
+        if cred._systemCrypt is None:
+            self.fail("libxcrypt (libcrypt.so.1) is missing or failed its known-answer test")
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.text(st.characters(blacklist_characters="\0"), min_size=1, max_size=40),
+        st.sampled_from(["SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT", "DES-CRYPT"]),
+    )
+    def test_agreesWithLibPass(self, password: str, scheme: str) -> None:
+        """
+        For any password, libxcrypt recomputes exactly the hash libpass made.
+        """
+        stored = hashPassword(password, scheme).split("}", 1)[1].encode("ascii")
+        self.assertEqual(cred._systemCrypt(password.encode("utf-8"), stored), stored)
+
+    def test_fallback(self) -> None:
+        """
+        Without libxcrypt, libpass verifies: right passwords match, wrong ones do not.
+        """
+        self.patch(cred, "_systemCrypt", None)
+        stored = hashPassword("secret", "SHA512-CRYPT").split("}", 1)[1]
+        self.assertTrue(cred._verifyPassLib(sha512_crypt, stored, b"secret"))
+        self.assertFalse(cred._verifyPassLib(sha512_crypt, stored, b"Secret"))
+
+    def test_wrongPassword(self) -> None:
+        stored = hashPassword("secret", "SHA512-CRYPT").split("}", 1)[1]
+        self.assertTrue(cred._verifyPassLib(sha512_crypt, stored, b"secret"))
+        self.assertFalse(cred._verifyPassLib(sha512_crypt, stored, b"secret "))
