@@ -7,6 +7,10 @@ IMAP servers rename files to add flags or move them from C{new/} to C{cur/}.  A 
 therefore identified by its I{base name}, the file name before the first C{:}, which no agent
 changes for the life of the message.  popd itself renames a message it retrieved, as Dovecot does:
 it moves it to C{cur/} and adds the C{S} (seen) flag.
+
+A message's UIDL is derived from its base name (see L{_uidl}), unless the Maildir was migrated from
+Dovecot or Courier with the option to keep the UIDLs they handed out (see L{Maildir}): those are
+read once from C{dovecot-uidlist} or C{courierpop3dsizelist} and kept in popd's own index.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import fcntl
 import math
 import os
 import re
+import stat
 import sys
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
@@ -56,12 +62,20 @@ _SUBDIRECTORIES = ("new", "cur", "tmp")
 _LOCK_FILE = "popd.lock"
 _INDEX_FILE = "popd-index"
 _INDEX_TEMPORARY = "popd-index.tmp"
-# The version written, and the older versions still read with the entry format of each.
-_INDEX_HEADER = b"popd-index 2\n"
+# The versions written: 3 when an entry saves a UIDL, else 2, which older popds read too.  Each
+# version read, with its entry format: a size, a base name, a retrieval time, a saved UIDL.
+_INDEX_HEADER = b"popd-index 3\n"
+_INDEX_HEADER_2 = b"popd-index 2\n"
 _INDEX_ENTRIES = {
     b"popd-index 1\n": re.compile(rb"([0-9]{1,20}) ([!-~]+)"),
-    _INDEX_HEADER: re.compile(rb"([0-9]{1,20}|-) ([!-~]+)(?: ([0-9]{1,20}))?"),
+    _INDEX_HEADER_2: re.compile(rb"([0-9]{1,20}|-) ([!-~]+)(?: ([0-9]{1,20}))?"),
+    _INDEX_HEADER: re.compile(
+        rb"([0-9]{1,20}|-) ([!-~]+)(?: ([0-9]{1,20}))?(?: (own|uidl=[!-~]{1,70}))?"
+    ),
 }
+# How version 3 saves a UIDL derived from the base name; any other is saved as uidl=<UIDL>.
+_OWN_UIDL = b"own"
+_SAVED_UIDL = b"uidl="
 _INDEX_TRAILER = re.compile(rb"end ([0-9]{1,10}) ([0-9a-f]{64})")
 # Retrieval times are saved as whole seconds of at most 20 digits, as sizes are.
 _MAX_TIME = 10**20
@@ -74,6 +88,7 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 
 _DOVECOT_SIZE = re.compile(r",W=([0-9]{1,20})(?:,|$)")
 _PRINTABLE_UIDL = re.compile(r"[!-~]{1,70}")
+_VALID_UIDL = re.compile(rb"[!-~]{1,70}")
 # Not in a base name: a leading dot (hidden files), a path separator, the flags separator, NUL.
 _NOT_BASE_NAME = re.compile(rb"^\.|[/:\0]")
 _DIGEST_LENGTH = 40
@@ -85,6 +100,29 @@ _SEEN = "S"
 # O_NOFOLLOW: a symbolic link placed in a Maildir must not make popd read (or write over) a file
 # the Maildir's owner could not read, when popd runs with more privileges than that owner.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# UIDL migration (R22): the files in the Maildir root where the POP3 servers popd replaces kept
+# the UIDLs they handed out.  popd only ever reads them.
+_DOVECOT = "dovecot"
+_COURIER = "courier"
+_LEGACY_FILES = {_DOVECOT: "dovecot-uidlist", _COURIER: "courierpop3dsizelist"}
+# A FIFO put in place of a legacy file must not block the server; files ignore O_NONBLOCK.
+_LEGACY_READ_FLAGS = _READ_FLAGS | os.O_NONBLOCK
+# Far more than the file of any real maildrop needs (some 100 octets a message).
+_LEGACY_MAX_SIZE = 64 * 1024 * 1024
+_MAX_UINT32 = 2**32 - 1
+_MAX_ULONG = 2**64 - 1
+_DECIMAL = re.compile(rb"[0-9]{1,20}")
+_DOVECOT_V1_HEADER = re.compile(rb"1 ([0-9]{1,20}) ([0-9]{1,20})")
+# Dovecot's extension keys: a capital letter, then the value.
+_DOVECOT_KEYS = re.compile(rb"[A-Z]")
+_COURIER_HEADER = re.compile(rb"/([0-9]{1,20}) ([0-9]{1,20})(?: ([0-9]{1,20}))?")
+# As Courier reads it: the file name is all before the last two spaces; the UTF-8 flag of
+# version 3 is optional in both versions.
+_COURIER_RECORD = re.compile(
+    rb"(.+) ([0-9]{1,20}) ([0-9]{1,20}):([0-9]{1,20})(?::[0-9]{1,10})?", re.DOTALL
+)
+_COURIER_VERSIONS = frozenset({b"2", b"3"})
 
 
 def _checkTemplate(template: str) -> None:
@@ -184,15 +222,20 @@ class MaildirRealm:
     does, so that a user who never received mail can log in.
     """
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str, uidlMigration: str | None = None) -> None:
         """
         @param template: the path of a user's Maildir, with placeholders.
-        @raise ValueError: C{template} has an unknown placeholder; raised here so that a bad
-            configuration is reported before the server listens.
+        @param uidlMigration: C{"dovecot"} or C{"courier"} to keep the UIDLs that this server
+            gave out on the same Maildirs (R22; see L{Maildir}), or L{None}.
+        @raise ValueError: C{template} has an unknown placeholder, or C{uidlMigration} is not
+            one of those values; raised here so that a bad configuration is reported before the
+            server listens.
         """
         _checkTemplate(template)
+        _checkMigration(uidlMigration)
         self._template = template
         self._prefix = _fixedPrefix(template)
+        self._uidlMigration = uidlMigration
 
     def requestAvatar(
         self, avatarId: bytes | tuple[()], mind: object, *interfaces: type[Interface]
@@ -217,7 +260,7 @@ class MaildirRealm:
         """
         Find, open and lock a user's Maildir; see L{requestAvatar}.
         """
-        maildrop = openMaildir(self._pathFor(avatarId))
+        maildrop = openMaildir(self._pathFor(avatarId), uidlMigration=self._uidlMigration)
 
         def logout() -> None:
             maildrop.close()
@@ -257,7 +300,9 @@ class MaildirRealm:
 _lockedMaildirs: set[str] = set()
 
 
-def openMaildir(path: str, clock: Callable[[], float] = time.time) -> Maildir:
+def openMaildir(
+    path: str, clock: Callable[[], float] = time.time, uidlMigration: str | None = None
+) -> Maildir:
     """
     Open a Maildir for one session, creating it when it does not exist, and lock it.
 
@@ -266,10 +311,14 @@ def openMaildir(path: str, clock: Callable[[], float] = time.time) -> Maildir:
     the kernel releases it when the process dies.
 
     @param clock: gives the current POSIX time, recorded when messages are first retrieved.
+    @param uidlMigration: C{"dovecot"} or C{"courier"} to keep the UIDLs that this server gave
+        out (see L{Maildir}), or L{None}.
+    @raise ValueError: C{uidlMigration} is not one of those values.
     @raise MaildropInUse: another session holds the lock.
     @raise TemporaryFailure: the Maildir could not be created or the lock file opened (the
         cause is logged).
     """
+    _checkMigration(uidlMigration)
     try:
         _create(path)
         realPath = os.path.realpath(path)
@@ -280,7 +329,7 @@ def openMaildir(path: str, clock: Callable[[], float] = time.time) -> Maildir:
         _log.failure("Could not open the Maildir {path!r}", path=path, level=LogLevel.error)
         raise TemporaryFailure() from None
     _lockedMaildirs.add(realPath)
-    return Maildir(realPath, lockFD, clock)
+    return Maildir(realPath, lockFD, clock, uidlMigration)
 
 
 def _create(path: str) -> None:
@@ -361,6 +410,16 @@ def _uidl(baseName: str) -> bytes:
     return sha256(os.fsencode(baseName)).hexdigest()[:_DIGEST_LENGTH].encode("ascii")
 
 
+def _alternativeUidl(baseName: str, attempt: int) -> bytes:
+    """
+    A replacement for the UIDL derived from a base name, for the rare message whose UIDL
+    another message already has (R22): 160 bits of the SHA-256 of the base name and
+    C{attempt}, in hex.  Deterministic; it is saved in the index anyway, to stay stable.
+    """
+    digest = sha256(os.fsencode(baseName) + b"\0%d" % (attempt,)).hexdigest()
+    return digest[:_DIGEST_LENGTH].encode("ascii")
+
+
 def _measure(path: str) -> int:
     """
     @return: the size that the message in C{path} has as transmitted: see L{transmittedSize}.
@@ -372,6 +431,181 @@ def _measure(path: str) -> int:
         os.close(fd)
 
 
+class _LegacyFormatError(Exception):
+    """
+    A legacy UIDL file that is not as its server writes it.
+
+    @ivar line: the number of the first line found wrong, from 1.
+    @ivar reason: what is wrong with it.
+    """
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(line, reason)
+        self.line = line
+        self.reason = reason
+
+
+def _completeLines(data: bytes) -> list[bytes]:
+    """
+    @return: the lines of C{data} that end with a newline, without it.  A last line without
+        one may be a record that its server is still appending: it is left out, as Courier
+        leaves it out, rather than read cut.
+    """
+    return data.split(b"\n")[:-1]
+
+
+def _decodeName(name: bytes) -> str:
+    """
+    @return: the file name C{name} as L{os.scandir} gives it.
+    """
+    return name.decode(_FS_ENCODING, _FS_ERRORS)
+
+
+def _validUidls(uidls: dict[str, bytes]) -> tuple[dict[str, bytes], int]:
+    """
+    @return: the UIDLs of C{uidls} that POP3 allows (1 to 70 octets in 0x21-0x7E), and how
+        many others were left out.
+    """
+    valid = {name: uidl for name, uidl in uidls.items() if _VALID_UIDL.fullmatch(uidl)}
+    return valid, len(uidls) - len(valid)
+
+
+def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
+    """
+    Parse a C{dovecot-uidlist} and compute the POP3 UIDL that Dovecot gave each message (R22).
+
+    Version 1 (Dovecot 1.0) has the header C{1 <uidvalidity> <nextuid>} and the records
+    C{<uid> <file name>}.  Version 3 (Dovecot 1.1 and later) has the header C{3} then fields of
+    a key letter and a value in any order, of which C{V<uidvalidity>} and C{N<nextuid>} are
+    required, and the records C{<uid> [<key><value> ...] :<file name>}, whose keys are capital
+    letters.  UIDs increase from line to line.  The file name may carry flags, old ones or none:
+    its base name identifies the message.  When two records name one base name, the later one
+    counts, as for Dovecot.
+
+    The UIDL is the record's C{P} extension when it has one (written by C{pop3_save_uidl}; when
+    empty it means the base name), else what Dovecot's default C{pop3_uidl_format},
+    C{%08Xu%08Xv}, gives: the UID then the UIDVALIDITY, each as 8 upper-case hex digits.  A
+    custom C{pop3_uidl_format} cannot be known here.
+
+    @return: the UIDL of each base name, leaving out those POP3 does not allow, and how many
+        were left out.
+    @raise _LegacyFormatError: a line is not as Dovecot writes it: the whole file is suspect.
+    """
+    lines = _completeLines(data)
+    if not lines:
+        raise _LegacyFormatError(1, "no header")
+    header = lines[0]
+    if header.startswith(b"1 "):
+        version = 1
+        match = _DOVECOT_V1_HEADER.fullmatch(header)
+        if match is None:
+            raise _LegacyFormatError(1, "not a header of version 1")
+        values = [match.group(1), match.group(2)]
+    elif header.startswith(b"3 "):
+        version = 3
+        fields = {field[:1]: field[1:] for field in header[2:].split(b" ") if field}
+        values = [fields.get(b"V", b""), fields.get(b"N", b"")]
+        if not all(_DECIMAL.fullmatch(value) for value in values):
+            raise _LegacyFormatError(1, "no UIDVALIDITY or next UID in the header")
+    else:
+        raise _LegacyFormatError(1, "not version 1 or 3")
+    uidValidity, nextUid = (int(value) for value in values)
+    if not (0 < uidValidity <= _MAX_UINT32 and 0 < nextUid <= _MAX_UINT32):
+        raise _LegacyFormatError(1, "UIDVALIDITY or next UID out of range")
+    uidls: dict[str, bytes] = {}
+    previous = 0
+    for number, line in enumerate(lines[1:], 2):
+        text, space, rest = line.partition(b" ")
+        if not space or not _DECIMAL.fullmatch(text):
+            raise _LegacyFormatError(number, "no UID")
+        uid = int(text)
+        if not previous < uid < _MAX_UINT32 or (version == 1 and uid >= nextUid):
+            raise _LegacyFormatError(number, "UID out of order or range")
+        previous = uid
+        rest = rest.lstrip(b" ")
+        pop3: bytes | None = None
+        if version == 3:
+            while rest and not rest.startswith(b":"):
+                field, _, rest = rest.partition(b" ")
+                rest = rest.lstrip(b" ")
+                if not _DOVECOT_KEYS.fullmatch(field[:1]):
+                    raise _LegacyFormatError(number, "bad extension field")
+                if field[:1] == b"P" and pop3 is None:
+                    pop3 = field[1:]
+            if not rest:
+                raise _LegacyFormatError(number, "no file name")
+            rest = rest[1:]
+        baseName = rest.partition(b":")[0]
+        if not baseName or b"/" in rest:
+            raise _LegacyFormatError(number, "bad file name")
+        if pop3 is None:
+            uidl = b"%08X%08X" % (uid, uidValidity)
+        else:
+            uidl = pop3 or baseName
+        uidls[_decodeName(baseName)] = uidl
+    return _validUidls(uidls)
+
+
+def _parseCourier(data: bytes) -> tuple[dict[str, bytes], int]:
+    """
+    Parse a C{courierpop3dsizelist} and compute the POP3 UIDL that Courier gave each message
+    (R22), as Courier's C{pop3dserver.c} reads it.
+
+    The header is C{/<version> <nextuid> <uidv>}, of version 2 or 3.  A record is C{<file name>
+    <size> <uid>:<uidv>}, followed by C{:<UTF-8 flag>} in version 3.  The file name carries
+    flags: its base name identifies the message.  The UIDL is C{UID<uid>-<uidv>}, or
+    C{UID<uid>} when C{uidv} is 0.  Records in another form, or with the UID 0, are skipped as
+    Courier skips them.  When two records name one base name, which one Courier used depends on
+    its sort: neither is used.
+
+    @return: the UIDL of each base name, and how many records were skipped or left out.
+    @raise _LegacyFormatError: the header is not as Courier writes it, or of another version
+        (Courier rewrites files of versions 0 and 1 with new UIDLs when it reads them).
+    """
+    lines = _completeLines(data)
+    header = _COURIER_HEADER.fullmatch(lines[0]) if lines else None
+    if header is None or header.group(1) not in _COURIER_VERSIONS:
+        raise _LegacyFormatError(1, "not a header of version 2 or 3")
+    uidls: dict[str, bytes] = {}
+    duplicates: set[str] = set()
+    skipped = 0
+    for line in lines[1:]:
+        record = _COURIER_RECORD.fullmatch(line)
+        if record is None:
+            skipped += 1
+            continue
+        fileName, _, uidText, uidvText = record.groups()
+        baseName = fileName.partition(b":")[0]
+        uid, uidv = int(uidText), int(uidvText)
+        if not baseName or b"/" in fileName or not 0 < uid <= _MAX_ULONG or uidv > _MAX_ULONG:
+            skipped += 1
+            continue
+        name = _decodeName(baseName)
+        if name in duplicates:
+            skipped += 1
+        elif name in uidls:
+            del uidls[name]
+            duplicates.add(name)
+            skipped += 2
+        else:
+            uidls[name] = b"UID%d-%d" % (uid, uidv) if uidv else b"UID%d" % (uid,)
+    valid, invalid = _validUidls(uidls)
+    return valid, skipped + invalid
+
+
+_LEGACY_PARSERS = {_DOVECOT: _parseDovecot, _COURIER: _parseCourier}
+
+
+def _checkMigration(uidlMigration: str | None) -> None:
+    """
+    @raise ValueError: C{uidlMigration} is not L{None}, C{"dovecot"} or C{"courier"}.
+    """
+    if uidlMigration is not None and uidlMigration not in _LEGACY_FILES:
+        raise ValueError(
+            f"Unknown UIDL migration {uidlMigration!r}: use {_DOVECOT!r} or {_COURIER!r}"
+        )
+
+
 class _Entry(NamedTuple):
     """
     What the index saves of one message.
@@ -380,10 +614,14 @@ class _Entry(NamedTuple):
         carries it (Dovecot's C{,W=}).
     @ivar retrievedAt: when a committed session first retrieved the message, in whole POSIX
         seconds, or L{None}.
+    @ivar uidl: the UIDL the message keeps for life, once chosen by a listing that could have
+        given it another (a migration from a legacy file, or a clash); L{None} while its UIDL
+        is simply derived from its base name (see L{_uidl}).
     """
 
     size: int | None
     retrievedAt: int | None = None
+    uidl: bytes | None = None
 
 
 def _parseIndex(data: bytes) -> dict[str, _Entry] | None:
@@ -391,13 +629,16 @@ def _parseIndex(data: bytes) -> dict[str, _Entry] | None:
     Parse the content of an index.
 
     The format is a version line, one line per message, then C{end <count> <sha256>} where the
-    hash covers all that precedes it.  In version 2 a message's line is C{<size> <base name>}
-    or C{<size> <base name> <retrieved>}, with C{-} as size when the base name carries it, and
-    at least one of the size and the retrieval time; the base name is percent-encoded and the
-    time is in whole POSIX seconds.  Version 1, which only saved sizes, has C{<size> <base
-    name>} lines only.  Any disagreement (truncation, a torn or foreign write, a bad entry)
-    rejects the whole file: an index is only a cache, and a wrong size breaks every client that
-    trusts C{LIST}.
+    hash covers all that precedes it.  In version 3 a message's line is C{<size> <base name>
+    [<retrieved>] [<uidl>]}, with C{-} as size when the base name carries it, and at least one
+    of the size, the retrieval time and the UIDL; the base name is percent-encoded, the time is
+    in whole POSIX seconds, and the UIDL the message keeps (R22) is C{own} when it is the one
+    derived from the base name (see L{_uidl}), else C{uidl=} followed by it.  Version 2 is
+    version 3 without UIDLs, and version 1, which only saved sizes, has C{<size> <base name>}
+    lines only.  Any disagreement (truncation, a torn or foreign write, a bad entry, two
+    messages with one UIDL) rejects the whole file: an index is mostly a cache, and a wrong
+    size breaks every client that trusts C{LIST}.  What the UIDLs saved in a rejected index
+    were is found again in the legacy files they came from, as long as these are left there.
 
     @return: the entry of each base name, or L{None} when C{data} is not a valid index.
     """
@@ -417,12 +658,14 @@ def _parseIndex(data: bytes) -> dict[str, _Entry] | None:
     if len(lines) != int(match.group(1)):
         return None
     entries: dict[str, _Entry] = {}
+    uidls: set[bytes] = set()
     for line in lines:
         entry = entryFormat.fullmatch(line)
         if entry is None:
             return None
-        size, encoded, *retrieved = entry.groups()
-        if size == b"-" and retrieved[0] is None:
+        # Versions 1 and 2 have fewer groups: the missing ones are absent fields.
+        size, encoded, retrieved, saved = (entry.groups() + (None, None))[:4]
+        if size == b"-" and retrieved is None and saved is None:
             return None
         name = unquote_to_bytes(encoded)
         if _NOT_BASE_NAME.search(name):
@@ -430,21 +673,30 @@ def _parseIndex(data: bytes) -> dict[str, _Entry] | None:
         baseName = name.decode(_FS_ENCODING, _FS_ERRORS)
         if baseName in entries:
             return None
+        uidl = None
+        if saved is not None:
+            uidl = _uidl(baseName) if saved == _OWN_UIDL else saved[len(_SAVED_UIDL) :]
+            if uidl in uidls:
+                return None
+            uidls.add(uidl)
         entries[baseName] = _Entry(
             None if size == b"-" else int(size),
-            None if not retrieved or retrieved[0] is None else int(retrieved[0]),
+            None if retrieved is None else int(retrieved),
+            uidl,
         )
     return entries
 
 
 def _formatIndex(entries: dict[str, _Entry]) -> bytes:
     """
-    @return: the content of an index of C{entries} in the current version: see L{_parseIndex}.
-        Entries that save nothing are left out.
+    @return: the content of an index of C{entries}: see L{_parseIndex}.  It is of version 2
+        when no entry saves a UIDL, so that a Maildir never migrated stays readable by older
+        popds, else of version 3.  Entries that save nothing are left out.
     """
     lines = []
-    for name, (size, retrievedAt) in sorted(entries.items()):
-        if size is None and retrievedAt is None:
+    header = _INDEX_HEADER_2
+    for name, (size, retrievedAt, uidl) in sorted(entries.items()):
+        if size is None and retrievedAt is None and uidl is None:
             continue
         line = b"%s %s" % (
             b"-" if size is None else b"%d" % (size,),
@@ -452,8 +704,11 @@ def _formatIndex(entries: dict[str, _Entry]) -> bytes:
         )
         if retrievedAt is not None:
             line += b" %d" % (retrievedAt,)
+        if uidl is not None:
+            header = _INDEX_HEADER
+            line += b" " + (_OWN_UIDL if uidl == _uidl(name) else _SAVED_UIDL + uidl)
         lines.append(line + b"\n")
-    content = _INDEX_HEADER + b"".join(lines)
+    content = header + b"".join(lines)
     digest = sha256(content).hexdigest().encode("ascii")
     return content + b"end %d %s\n" % (len(lines), digest)
 
@@ -577,18 +832,53 @@ class Maildir:
     EXPIRE policy (RFC 2449 section 6.7); it is keyed by base name, so it survives other agents'
     renames, and its loss only makes messages look never retrieved.
 
+    A message's UIDL is derived from its base name (see L{_uidl}), except in a Maildir migrated
+    from Dovecot or Courier (R22).  With C{uidlMigration}, a listing that finds messages the
+    index has no UIDL for reads the legacy file of that server in the Maildir root,
+    C{dovecot-uidlist} (see L{_parseDovecot}) or C{courierpop3dsizelist} (see
+    L{_parseCourier}), matching messages by base name.  A message found there keeps the UIDL
+    that server gave it; the others (delivered since) get popd's own.  Either choice is saved
+    in the index at once, and from then on the index alone decides: the legacy file is not read
+    again for that message, and may be removed or rewritten.  UIDLs saved in the index are
+    served with or without C{uidlMigration}.  The legacy file is only read, never written.  A
+    missing one lists nothing: the messages get popd's own UIDLs, saved as any choice.  One that
+    cannot be used (unreadable, not a regular file, over 64 MiB or malformed) is ignored with a
+    warning, once a session: a login never fails because of it, the messages get popd's own
+    UIDLs in that session, and nothing is saved, so that a later session can still use the file
+    once repaired.
+
+    UIDLs stay unique.  A legacy UIDL is not used, and the message gets popd's own, when it is
+    already saved in the index for another message, when it is popd's own UIDL of another
+    listed message, or when an earlier-listed message (in listing order) got it first.  A
+    message whose own UIDL another message already has in the index gets a replacement (see
+    L{_alternativeUidl}), saved too.
+
     @ivar path: the real path of the Maildir.
     """
 
-    def __init__(self, path: str, lockFD: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str,
+        lockFD: int,
+        clock: Callable[[], float] = time.time,
+        uidlMigration: str | None = None,
+    ) -> None:
         """
         @param path: the real path of the Maildir, locked by this process.
         @param lockFD: the descriptor of its lock file, owned by this object from now on.
         @param clock: gives the current POSIX time, recorded when messages are first retrieved.
+        @param uidlMigration: C{"dovecot"} or C{"courier"}: the server whose UIDLs to keep; or
+            L{None}.
+        @raise ValueError: C{uidlMigration} is not one of those values.
         """
+        _checkMigration(uidlMigration)
         self.path = path
         self._lockFD: int | None = lockFD
         self._clock = clock
+        self._uidlMigration = uidlMigration
+        # The UIDLs of the legacy file by base name, once read; None when it cannot be used.
+        self._legacyRead = False
+        self._legacy: dict[str, bytes] | None = None
         self._listing: list[MessageInfo] | None = None
         self._messages: list[_Message] = []
         # What the index should hold for the listed messages, by base name.
@@ -612,7 +902,8 @@ class Maildir:
     def _takeListing(self) -> list[MessageInfo]:
         """
         Read the Maildir, remember where each message is in L{_messages} and what the index
-        should hold in L{_entries}, and save the sizes that had to be computed.
+        should hold in L{_entries}, and save the sizes that had to be computed and the UIDLs
+        that were chosen.
 
         @return: the listing.
 
@@ -646,13 +937,133 @@ class Maildir:
             found.append((delivered, baseName, message, size, entry.retrievedAt))
         found.sort(key=itemgetter(0, 1))
         self._messages = [message for _, _, message, _, _ in found]
+        uidls, chosen = self._chooseUidls([baseName for _, baseName, _, _, _ in found], entries)
         self._entries = entries
-        if computed:
+        if computed or chosen:
             self._writeIndex(entries)
         return [
-            MessageInfo(size, _uidl(baseName), None if retrievedAt is None else float(retrievedAt))
-            for _, baseName, _, size, retrievedAt in found
+            MessageInfo(size, uidl, None if retrievedAt is None else float(retrievedAt))
+            for (_, _, _, size, retrievedAt), uidl in zip(found, uidls)
         ]
+
+    def _chooseUidls(
+        self, names: list[str], entries: dict[str, _Entry]
+    ) -> tuple[list[bytes], bool]:
+        """
+        Find the UIDL of each listed message, choosing it for those that have none saved, and
+        save in C{entries} those chosen from the legacy file, or as replacements, or by a
+        migration: see L{Maildir}.
+
+        @param names: the base names of the listed messages, in listing order.
+        @param entries: their index entries, by base name; their saved UIDLs are unique.
+        @return: the UIDLs, in listing order, and whether any was saved in C{entries}.
+        """
+        served = {name: entries[name].uidl for name in names}
+        taken = {uidl for uidl in served.values() if uidl is not None}
+        if not taken and self._uidlMigration is None:
+            # Never migrated: UIDLs are derived from base names, as always.
+            return [_uidl(name) for name in names], False
+        undecided = [name for name, uidl in served.items() if uidl is None]
+        if not undecided:
+            # Everything was chosen before: the legacy file is not read again.
+            return [uidl or b"" for uidl in served.values()], False
+        legacy: dict[str, bytes] | None = {}
+        if self._uidlMigration is not None:
+            legacy = self._legacyUidls(self._uidlMigration)
+        # A migration chooses for good, unless the legacy file could not be used: the choices
+        # are then left for a later session, which may find it repaired.
+        choosing = self._uidlMigration is not None and legacy is not None
+        legacy = legacy or {}
+        own = {name: _uidl(name) for name in names}
+        ownCounts = Counter(own.values())
+        saved = False
+        for name in undecided:
+            uidl = legacy.get(name)
+            # Another message has it if it is taken or if it is another's own.
+            if uidl is not None and (uidl in taken or ownCounts[uidl] - (own[name] == uidl)):
+                _log.warn(
+                    "Not keeping the UIDL {uidl!r} of {name!r} in {path!r}: another message has it",
+                    uidl=uidl,
+                    name=name,
+                    path=self.path,
+                )
+                uidl = None
+            if uidl is None:
+                uidl = own[name]
+                attempt = 0
+                while uidl in taken:
+                    attempt += 1
+                    uidl = _alternativeUidl(name, attempt)
+            taken.add(uidl)
+            served[name] = uidl
+            if choosing or uidl != own[name]:
+                entries[name] = entries[name]._replace(uidl=uidl)
+                saved = True
+        return [uidl or b"" for uidl in served.values()], saved
+
+    def _legacyUidls(self, kind: str) -> dict[str, bytes] | None:
+        """
+        Read the legacy file of the server C{kind}, at most once a session: see L{Maildir}.
+
+        @return: the UIDL of each base name it lists, none when it is missing, or L{None} when
+            it cannot be used: unreadable, not a regular file, too large or malformed (each
+            logged as a warning).
+        """
+        if not self._legacyRead:
+            self._legacyRead = True
+            self._legacy = self._readLegacy(os.path.join(self.path, _LEGACY_FILES[kind]), kind)
+        return self._legacy
+
+    def _readLegacy(self, path: str, kind: str) -> dict[str, bytes] | None:
+        """
+        Read and parse the legacy file C{path} of the server C{kind}: see L{_legacyUidls}.
+        """
+        try:
+            fd = os.open(path, _LEGACY_READ_FLAGS)
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            _log.warn("Ignoring the unreadable {path!r}: {error}", path=path, error=e.strerror)
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                _log.warn("Ignoring {path!r}: not a regular file", path=path)
+                return None
+            while size <= _LEGACY_MAX_SIZE:
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except OSError as e:
+            _log.warn("Ignoring the unreadable {path!r}: {error}", path=path, error=e.strerror)
+            return None
+        finally:
+            os.close(fd)
+        if size > _LEGACY_MAX_SIZE:
+            _log.warn(
+                "Ignoring {path!r}: larger than {limit} octets", path=path, limit=_LEGACY_MAX_SIZE
+            )
+            return None
+        try:
+            uidls, ignored = _LEGACY_PARSERS[kind](b"".join(chunks))
+        except _LegacyFormatError as e:
+            _log.warn(
+                "Ignoring the malformed {path!r}: line {line}: {reason}",
+                path=path,
+                line=e.line,
+                reason=e.reason,
+            )
+            return None
+        if ignored:
+            _log.warn(
+                "Ignoring {count} records of {path!r} that give no usable UIDL",
+                count=ignored,
+                path=path,
+            )
+        return uidls
 
     def _scan(self) -> dict[str, tuple[str, str]]:
         """

@@ -186,6 +186,14 @@ Examples:
             "Example: --passwd /etc/popd/passwd",
         ],
         [
+            "uidl-migration",
+            None,
+            None,
+            "Keep the POP3 UIDLs that Dovecot or Courier gave out on these Maildirs (read from "
+            "dovecot-uidlist or courierpop3dsizelist), so that clients do not download all mail "
+            "again: dovecot or courier. Example: --uidl-migration dovecot",
+        ],
+        [
             "passwd-scheme",
             None,
             "CRYPT",
@@ -373,6 +381,7 @@ Examples:
             self["listen"]
             or self["tls-listen"]
             or self["maildir"] is not None
+            or self["uidl-migration"] is not None
             or self["passwd"] is not None
             or self.get("credCheckers")
             or self["tls-cert"] is not None
@@ -432,8 +441,10 @@ Examples:
                 "give --maildir, to say where mail is "
                 "(or no store options at all, to run the demo)"
             )
+        if self["uidl-migration"] not in (None, "dovecot", "courier"):
+            raise usage.UsageError("--uidl-migration must be dovecot or courier")
         try:
-            realm = MaildirRealm(self["maildir"])
+            realm = MaildirRealm(self["maildir"], uidlMigration=self["uidl-migration"])
         except ValueError as e:
             raise usage.UsageError(f"--maildir: {e}")
         if not _USER_PLACEHOLDER.search(self["maildir"]):

@@ -20,6 +20,7 @@ from twisted.cred.checkers import ANONYMOUS, InMemoryUsernamePasswordDatabaseDon
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import Interface
 from zope.interface.verify import verifyObject
@@ -861,7 +862,7 @@ class IndexTests(_MaildirTestCase):
             valid.replace(b"end 2", b"end 3"),
             valid + b"\n",
             valid + valid,
-            _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 3"),
+            _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 4"),
             _signedIndex([b"99 1.a", b"98 2.b"], header=b"popd-index 0"),
             _signedIndex([b"99 1.a", b"98 2.b 17"], header=b"popd-index 1"),
             _signedIndex([b"99 1.a", b"- 2.b 17"], header=b"popd-index 1"),
@@ -1667,3 +1668,914 @@ class LockTests(_MaildirTestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         failing[0] = False
         self.openDrop(self.path)
+
+
+# UIDL migration fixtures (R22): Maildirs as Dovecot 2.3 and Courier 5 leave them, with the files
+# in which they kept the POP3 UIDLs they gave out.  UIDVALIDITY 1597643564 is 0x5F3A1B2C.
+_HOST = "mail.example.org"
+_DOVECOT_FILES = [
+    ("cur", f"1597643000.M1P100.{_HOST},S=2166,W=2217:2,S"),
+    ("cur", f"1597643100.M2P100.{_HOST},S=500,W=510:2,RS"),
+    ("new", f"1597643200.M3P100.{_HOST},S=40,W=42"),
+    ("cur", f"1597643300.M4P100.{_HOST},S=40,W=42:2,"),
+    # Delivered after the migration: not in the file.
+    ("new", f"1597643500.M6P100.{_HOST},S=40,W=42"),
+]
+# Version 3, as Dovecot 2.3 writes it: extension fields, a record with the flags the file had
+# when an older Dovecot wrote it, one with pop3_save_uidl's P (and POP3 order and GUID), one with
+# an empty P (the base name), and UID 4 expunged.
+_DOVECOT_V3 = (
+    b"3 V1597643564 N7 G3085f01b7f11094c501100008c4a11c1\n"
+    b"1 W2217 S2166 :1597643000.M1P100.mail.example.org,S=2166,W=2217:2,S\n"
+    b"2 W510 S500 :1597643100.M2P100.mail.example.org,S=500,W=510\n"
+    b"3 G8b5fb0e9c4a11c1501100008c4a11c1 O3 P1597643200.M3P100.legacy W42"
+    b" :1597643200.M3P100.mail.example.org,S=40,W=42\n"
+    b"5 P W42 :1597643300.M4P100.mail.example.org,S=40,W=42:2,\n"
+)
+_DOVECOT_V3_UIDLS = [
+    b"000000015F3A1B2C",
+    b"000000025F3A1B2C",
+    b"1597643200.M3P100.legacy",
+    b"1597643300.M4P100.mail.example.org,S=40,W=42",
+    b"1597643500.M6P100.mail.example.org,S=40,W=42",
+]
+# Version 1, as Dovecot 1.0 wrote it.
+_DOVECOT_V1 = (
+    b"1 1597643564 4\n"
+    b"1 1597643000.M1P100.mail.example.org,S=2166,W=2217:2,S\n"
+    b"3 1597643100.M2P100.mail.example.org,S=500,W=510\n"
+)
+_COURIER_FILES = [
+    ("cur", f"1597643000.M1P100V803I1A2B3C_0.{_HOST},S=2166:2,S"),
+    ("cur", f"1597643100.M2P100V803I1A2B3D_0.{_HOST},S=500:2,"),
+    ("cur", f"1597643200.M3P100V803I1A2B3E_0.{_HOST},S=40:2,RS"),
+    ("new", f"1597643500.M6P100V803I1A2B3F_0.{_HOST},S=40"),
+]
+# Version 3, as Courier 5 writes it: flags in the names (old ones for the third), the UTF-8 flag,
+# and a message with the UIDV 0.
+_COURIER_V3 = (
+    b"/3 4 1597643564\n"
+    b"1597643000.M1P100V803I1A2B3C_0.mail.example.org,S=2166:2,S 2217 1:1597643564:0\n"
+    b"1597643100.M2P100V803I1A2B3D_0.mail.example.org,S=500:2, 510 2:1597643564:1\n"
+    b"1597643200.M3P100V803I1A2B3E_0.mail.example.org,S=40:2, 42 3:0:0\n"
+)
+# Version 2, as older Courier versions wrote it: no UTF-8 flag.
+_COURIER_V2 = (
+    b"/2 3 1597643564\n"
+    b"1597643000.M1P100V803I1A2B3C_0.mail.example.org,S=2166:2,S 2217 1:1597643564\n"
+    b"1597643100.M2P100V803I1A2B3D_0.mail.example.org,S=500:2, 510 2:1597643564\n"
+)
+
+
+def _warnings(events: Sequence[LogEvent]) -> list[str]:
+    """
+    @return: the text of the warnings among C{events}.
+    """
+    return [formatEvent(event) for event in events if event.get("log_level") == LogLevel.warn]
+
+
+class UIDLMigrationTests(_MaildirTestCase):
+    """
+    Tests for keeping the UIDLs that Dovecot or Courier gave out on a migrated Maildir (R22).
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+        self.index = os.path.join(self.path, "popd-index")
+
+    def deliverAll(self, files: Sequence[tuple[str, str]]) -> None:
+        for subdirectory, name in files:
+            self.deliver(self.path, subdirectory, name, b"a\n")
+
+    def writeFile(self, name: str, data: bytes) -> str:
+        """
+        Write a file in the Maildir root.
+
+        @return: its path.
+        """
+        path = os.path.join(self.path, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def readIndex(self) -> bytes:
+        with open(self.index, "rb") as f:
+            return f.read()
+
+    def session(self, migration: str | None) -> list[bytes]:
+        """
+        @return: the UIDLs listed by a new session with the UIDL migration C{migration}, which
+            is then closed.
+        """
+        drop = openMaildir(self.path, uidlMigration=migration)
+        try:
+            return [info.uidl for info in self.listing(drop)]
+        finally:
+            drop.close()
+
+    def legacyOpens(self, name: str) -> list[str]:
+        """
+        @return: a list that grows by one item each time the file C{name} of the Maildir root
+            is opened.
+        """
+        opened: list[str] = []
+        realOpen = os.open
+        target = os.path.join(self.path, name)
+
+        def recordingOpen(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if path == target:
+                opened.append(path)
+            return realOpen(path, *args, **kwargs)
+
+        self.patch(os, "open", recordingOpen)
+        return opened
+
+    def assertUniqueValid(self, uidls: Sequence[bytes]) -> None:
+        self.assertEqual(len(set(uidls)), len(uidls), uidls)
+        for uidl in uidls:
+            self.assertTrue(1 <= len(uidl) <= 70, uidl)
+            self.assertTrue(all(0x21 <= octet <= 0x7E for octet in uidl), uidl)
+
+    def test_dovecot(self) -> None:
+        """
+        With the Dovecot migration, messages listed in a C{dovecot-uidlist} of version 3 keep
+        the UIDL Dovecot gave: the C{P} extension when there is one (the base name when it is
+        empty), else Dovecot's default C{%08Xu%08Xv}.  Records match by base name, whatever
+        their flags.  A message not in the file gets popd's own UIDL.  Every choice is saved in
+        the index, of version 3 (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.forbidMeasuring()
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        self.assertEqual(
+            self.readIndex(),
+            _signedIndex(
+                [
+                    b"- 1597643000.M1P100.mail.example.org,S=2166,W=2217 uidl=000000015F3A1B2C",
+                    b"- 1597643100.M2P100.mail.example.org,S=500,W=510 uidl=000000025F3A1B2C",
+                    b"- 1597643200.M3P100.mail.example.org,S=40,W=42 uidl=1597643200.M3P100.legacy",
+                    b"- 1597643300.M4P100.mail.example.org,S=40,W=42 own",
+                    b"- 1597643500.M6P100.mail.example.org,S=40,W=42 own",
+                ],
+                header=b"popd-index 3",
+            ),
+        )
+
+    def test_dovecotVersion1(self) -> None:
+        """
+        A C{dovecot-uidlist} of version 1 gives the UIDLs of Dovecot's default format from its
+        UIDs and the UIDVALIDITY of its header (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V1)
+        self.assertEqual(
+            self.session("dovecot"),
+            [
+                b"000000015F3A1B2C",
+                b"000000035F3A1B2C",
+                b"1597643200.M3P100.mail.example.org,S=40,W=42",
+                b"1597643300.M4P100.mail.example.org,S=40,W=42",
+                b"1597643500.M6P100.mail.example.org,S=40,W=42",
+            ],
+        )
+
+    def test_courier(self) -> None:
+        """
+        With the Courier migration, messages listed in a C{courierpop3dsizelist} of version 3
+        keep the UIDL Courier printed, C{UID<uid>-<uidv>} or C{UID<uid>} when the UIDV is 0,
+        matched by base name whatever the flags; others get popd's own (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        self.assertEqual(
+            self.session("courier"),
+            [
+                b"UID1-1597643564",
+                b"UID2-1597643564",
+                b"UID3",
+                b"1597643500.M6P100V803I1A2B3F_0.mail.example.org,S=40",
+            ],
+        )
+
+    def test_courierVersion2(self) -> None:
+        """
+        A C{courierpop3dsizelist} of version 2, without the UTF-8 flag, gives the same UIDLs
+        (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        self.writeFile("courierpop3dsizelist", _COURIER_V2)
+        self.assertEqual(
+            self.session("courier"),
+            [
+                b"UID1-1597643564",
+                b"UID2-1597643564",
+                b"1597643200.M3P100V803I1A2B3E_0.mail.example.org,S=40",
+                b"1597643500.M6P100V803I1A2B3F_0.mail.example.org,S=40",
+            ],
+        )
+
+    def test_withoutOption(self) -> None:
+        """
+        Without the option nothing changes: legacy files are not even opened, UIDLs are derived
+        from base names, and the index written has no UIDL, in version 2 (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        opened = self.legacyOpens("dovecot-uidlist") + self.legacyOpens("courierpop3dsizelist")
+        expected = [name.partition(":")[0].encode() for _, name in _COURIER_FILES]
+        self.assertEqual(self.session(None), expected)
+        self.assertEqual(self.uidls(self.path), expected)
+        self.assertEqual(opened, [])
+        self.assertTrue(self.readIndex().startswith(b"popd-index 2\n"))
+        self.assertNotIn(b"uidl", self.readIndex())
+
+    def test_keptWhenLegacyRemoved(self) -> None:
+        """
+        Once served, a legacy UIDL is kept when the legacy file is removed, and with or without
+        the option: the index is the source of truth (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        legacy = self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        os.unlink(legacy)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        self.assertEqual(self.session(None), _DOVECOT_V3_UIDLS)
+
+    def test_keptWhenLegacyRewritten(self) -> None:
+        """
+        Once chosen, a UIDL is kept when the legacy file is rewritten, whether it then gives
+        another UIDL (a new UIDVALIDITY) or lists a message that got popd's own (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        self.writeFile(
+            "dovecot-uidlist",
+            b"3 V1700000000 N3 G3085f01b7f11094c501100008c4a11c1\n"
+            b"1 :1597643000.M1P100.mail.example.org,S=2166,W=2217\n"
+            b"2 :1597643500.M6P100.mail.example.org,S=40,W=42\n",
+        )
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+
+    def test_missingLegacy(self) -> None:
+        """
+        Without a legacy file, the migration gives popd's own UIDLs and saves them, without a
+        warning: a legacy file that appears later (Dovecot's LDA creates one) changes nothing
+        (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        own = [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES]
+        with capturedLogs() as events:
+            self.assertEqual(self.session("dovecot"), own)
+        self.assertEqual(_warnings(events), [])
+        self.assertTrue(self.readIndex().startswith(b"popd-index 3\n"))
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.assertEqual(self.session("dovecot"), own)
+
+    def test_newMessages(self) -> None:
+        """
+        A message delivered after the migration gets popd's own UIDL, while the others keep
+        theirs.  The legacy file is read only when the index has no UIDL for a listed message,
+        and the index written only then (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        opened = self.legacyOpens("dovecot-uidlist")
+        replaced: list[str] = []
+        realReplace = os.replace
+
+        def replace(source: str, destination: str) -> None:
+            replaced.append(destination)
+            realReplace(source, destination)
+
+        self.patch(os, "replace", replace)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        self.assertEqual((opened, replaced), ([], []))
+        name = "1597643600.M7P100.mail.example.org,S=3,W=4"
+        self.deliver(self.path, "new", name, b"a\n")
+        self.assertEqual(self.session("dovecot"), [*_DOVECOT_V3_UIDLS, name.encode()])
+        self.assertEqual((len(opened), replaced), (1, [self.index]))
+        self.assertIn(name.encode() + b" own\n", self.readIndex())
+
+    def test_legacyOnlyRead(self) -> None:
+        """
+        The legacy file is only read: sessions that list, retrieve and delete leave its content
+        and modification time as they were (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        legacy = self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        os.utime(legacy, (1000000000, 1000000000))
+        before = os.stat(legacy)
+        drop = openMaildir(self.path, uidlMigration="courier")
+        self.listing(drop)
+        self.assertEqual(self.successResultOf(drop.commit([0], [1])), [])
+        drop.close()
+        self.assertEqual(self.session("courier")[:2], [b"UID2-1597643564", b"UID3"])
+        with open(legacy, "rb") as f:
+            self.assertEqual(f.read(), _COURIER_V3)
+        after = os.stat(legacy)
+        self.assertEqual((after.st_mtime_ns, after.st_ino), (before.st_mtime_ns, before.st_ino))
+
+    def test_commitKeepsUidls(self) -> None:
+        """
+        Recording a retrieval keeps the saved UIDLs in the index (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        drop = openMaildir(self.path, clock=lambda: 1700000100.5, uidlMigration="courier")
+        self.listing(drop)
+        self.successResultOf(drop.commit([], [0]))
+        drop.close()
+        self.assertIn(
+            b"\n3 1597643000.M1P100V803I1A2B3C_0.mail.example.org,S=2166 1700000100"
+            b" uidl=UID1-1597643564\n",
+            self.readIndex(),
+        )
+        os.unlink(os.path.join(self.path, "courierpop3dsizelist"))
+        self.assertEqual(self.session(None)[:3], [b"UID1-1597643564", b"UID2-1597643564", b"UID3"])
+
+    def test_duplicateLegacyUidl(self) -> None:
+        """
+        When two messages have the same legacy UIDL, the first in listing order (delivery time,
+        then base name) keeps it and the other gets popd's own, with a warning (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES[:3])
+        self.writeFile(
+            "dovecot-uidlist",
+            b"3 V1597643564 N4\n"
+            b"1 Psame :1597643000.M1P100.mail.example.org,S=2166,W=2217\n"
+            b"2 Psame :1597643100.M2P100.mail.example.org,S=500,W=510\n"
+            b"3 Psame :1597643200.M3P100.mail.example.org,S=40,W=42\n",
+        )
+        with capturedLogs() as events:
+            uidls = self.session("dovecot")
+        self.assertEqual(
+            uidls,
+            [
+                b"same",
+                b"1597643100.M2P100.mail.example.org,S=500,W=510",
+                b"1597643200.M3P100.mail.example.org,S=40,W=42",
+            ],
+        )
+        self.assertEqual(len(_warnings(events)), 2)
+        self.assertIn("another message has it", _warnings(events)[0])
+        self.assertEqual(self.session(None), uidls)
+
+    def test_legacyUidlIsAnothersOwn(self) -> None:
+        """
+        A legacy UIDL that is popd's own UIDL of another listed message is not used, whichever
+        is listed first: both messages get popd's own (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES[:3])
+        first, second, third = [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES[:3]]
+        self.writeFile(
+            "dovecot-uidlist",
+            b"3 V1597643564 N4\n1 P%s :%s\n3 P%s :%s\n" % (third, first, first, third),
+        )
+        self.assertEqual(self.session("dovecot"), [first, second, third])
+
+    def test_legacyUidlSavedForAnother(self) -> None:
+        """
+        A legacy UIDL that the index already saved for another message is not used (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES[:1])
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.assertEqual(self.session("dovecot"), [b"000000015F3A1B2C"])
+        self.deliverAll(_DOVECOT_FILES[1:2])
+        self.writeFile(
+            "dovecot-uidlist",
+            b"3 V1597643564 N3\n"
+            b"1 :1597643000.M1P100.mail.example.org,S=2166,W=2217\n"
+            b"2 P000000015F3A1B2C :1597643100.M2P100.mail.example.org,S=500,W=510\n",
+        )
+        self.assertEqual(
+            self.session("dovecot"),
+            [b"000000015F3A1B2C", b"1597643100.M2P100.mail.example.org,S=500,W=510"],
+        )
+
+    def test_ownUidlTaken(self) -> None:
+        """
+        A message delivered later whose own UIDL (its base name) is a UIDL the index saved for
+        another message gets a replacement, saved so that it stays the same with or without the
+        option, and after the other message is gone (R22).
+        """
+        self.deliverAll(_COURIER_FILES[:1])
+        self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        self.assertEqual(self.session("courier"), [b"UID1-1597643564"])
+        self.deliver(self.path, "new", "UID1-1597643564", b"a\n")
+        uidls = self.session("courier")
+        self.assertEqual(uidls[0], b"UID1-1597643564")
+        self.assertEqual(len(uidls[1]), 40)
+        self.assertUniqueValid(uidls)
+        self.assertIn(b" UID1-1597643564 uidl=" + uidls[1] + b"\n", self.readIndex())
+        self.assertEqual(self.session(None), uidls)
+        os.unlink(os.path.join(self.path, "cur", _COURIER_FILES[0][1]))
+        self.assertEqual(self.session(None), uidls[1:])
+        self.assertEqual(self.session("courier"), uidls[1:])
+
+    def test_invalidLegacyUidl(self) -> None:
+        """
+        A legacy UIDL that POP3 does not allow (over 70 octets, or octets outside 0x21-0x7E) is
+        not used: the message gets popd's own, and a warning counts them (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES[:3])
+        self.writeFile(
+            "dovecot-uidlist",
+            b"3 V1597643564 N4\n"
+            b"1 P" + b"x" * 71 + b" :1597643000.M1P100.mail.example.org,S=2166,W=2217\n"
+            b"2 Pcaf\xc3\xa9 :1597643100.M2P100.mail.example.org,S=500,W=510\n"
+            b"3 P" + b"y" * 70 + b" :1597643200.M3P100.mail.example.org,S=40,W=42\n",
+        )
+        with capturedLogs() as events:
+            uidls = self.session("dovecot")
+        self.assertEqual(
+            uidls,
+            [
+                b"1597643000.M1P100.mail.example.org,S=2166,W=2217",
+                b"1597643100.M2P100.mail.example.org,S=500,W=510",
+                b"y" * 70,
+            ],
+        )
+        [warning] = _warnings(events)
+        self.assertIn("Ignoring 2 records", warning)
+
+    def assertIgnored(
+        self, migration: str, legacy: str, data: bytes, files: Sequence[tuple[str, str]]
+    ) -> None:
+        """
+        Assert that a session with the legacy file C{legacy} holding C{data} lists popd's own
+        UIDLs of the messages C{files}, logs one warning that names the file, and saves no
+        UIDL, so that a session after the file is repaired still uses it.
+        """
+        self.writeFile(legacy, data)
+        with capturedLogs() as events:
+            uidls = self.session(migration)
+        self.assertEqual(uidls, [name.partition(":")[0].encode() for _, name in files], data)
+        [warning] = _warnings(events)
+        self.assertIn(legacy, warning)
+        if os.path.exists(self.index):
+            self.assertTrue(self.readIndex().startswith(b"popd-index 2\n"), data)
+
+    def test_malformedDovecot(self) -> None:
+        """
+        A C{dovecot-uidlist} with any line that is not as Dovecot writes it is ignored as a
+        whole, with one warning: logins go on with popd's own UIDLs, which are not saved (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        record = b"1 :1597643000.M1P100.mail.example.org,S=2166,W=2217\n"
+        malformed = [
+            b"",
+            b"\n",
+            b"garbage\n" + record,
+            b"2 V1597643564 N7\n" + record,
+            b"3\n" + record,
+            b"3 N7\n" + record,
+            b"3 V1597643564\n" + record,
+            b"3 V0 N7\n" + record,
+            b"3 Vx N7\n" + record,
+            b"3 V4294967296 N7\n" + record,
+            b"1 1597643564\n" + record,
+            b"1 1597643564 7 x\n" + record,
+            b"1 1597643564 1\n1 1597643000.M1P100.mail.example.org,S=2166,W=2217\n",
+            b"3 V1597643564 N7\n0 :a\n",
+            b"3 V1597643564 N7\n2 :a\n1 :b\n",
+            b"3 V1597643564 N7\n2 :a\n2 :b\n",
+            b"3 V1597643564 N7\n4294967295 :a\n",
+            b"3 V1597643564 N7\nx :a\n",
+            b"3 V1597643564 N7\n1:a\n",
+            b"3 V1597643564 N7\n1 W2\n",
+            b"3 V1597643564 N7\n1 :\n",
+            b"3 V1597643564 N7\n1 ::2,S\n",
+            b"3 V1597643564 N7\n1 :cur/a\n",
+            b"3 V1597643564 N7\n1 w2 :a\n",
+            b"3 V1597643564 N7\n1 2 :a\n",
+            b"3 V1597643564 N7\n" + record + b"\n",
+        ]
+        for data in malformed:
+            self.assertIgnored("dovecot", "dovecot-uidlist", data, _DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+
+    def test_malformedCourier(self) -> None:
+        """
+        A C{courierpop3dsizelist} whose header is not of version 2 or 3 (Courier's versions 0
+        and 1 included) is ignored with one warning, and nothing is saved (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        record = b"1597643000.M1P100V803I1A2B3C_0.mail.example.org,S=2166:2,S 2217 1:1597643564:0\n"
+        malformed = [
+            b"",
+            b"garbage\n",
+            record,
+            b"/1 4 1597643564\n" + record,
+            b"/0 4 1597643564\n" + record,
+            b"/4 4 1597643564\n" + record,
+            b"/3\n" + record,
+            b"/3 x 1597643564\n" + record,
+            b"/3 4 1597643564 5\n" + record,
+            b"/3  4 1597643564\n" + record,
+            b"/3 4 1597643564",
+        ]
+        for data in malformed:
+            self.assertIgnored("courier", "courierpop3dsizelist", data, _COURIER_FILES)
+        self.writeFile("courierpop3dsizelist", b"/3 4\n" + record)
+        self.assertEqual(self.session("courier")[0], b"UID1-1597643564")
+
+    def test_courierSkippedRecords(self) -> None:
+        """
+        Records of a C{courierpop3dsizelist} that Courier would skip are skipped, as are both
+        records of a base name listed twice; the others are used, and one warning counts those
+        left out (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        own = [name.partition(":")[0].encode() for _, name in _COURIER_FILES]
+        self.writeFile(
+            "courierpop3dsizelist",
+            b"/3 9 1597643564\n"
+            b"\n"
+            b"garbage\n"
+            b"1597643000.M1P100V803I1A2B3C_0.mail.example.org,S=2166:2,S 2217 0:1597643564:0\n"
+            b"1597643000.M1P100V803I1A2B3C_0.mail.example.org,S=2166:2,S 2217 x:1597643564:0\n"
+            b"1597643100.M2P100V803I1A2B3D_0.mail.example.org,S=500:2, 510 2:1597643564:1\n"
+            b"1597643200.M3P100V803I1A2B3E_0.mail.example.org,S=40:2, 42 3:1597643564:0\n"
+            b"1597643200.M3P100V803I1A2B3E_0.mail.example.org,S=40:2,S 42 4:1597643564:0\n"
+            b"cur/1597643500.M6P100V803I1A2B3F_0.mail.example.org,S=40 42 5:1597643564:0\n"
+            b"1597643500.M6P100V803I1A2B3F_0.mail.example.org,S=40 42 6:1597643564:0:",
+        )
+        with capturedLogs() as events:
+            uidls = self.session("courier")
+        self.assertEqual(uidls, [own[0], b"UID2-1597643564", own[2], own[3]])
+        [warning] = _warnings(events)
+        self.assertIn("Ignoring 7 records", warning)
+
+    def test_dovecotDuplicateRecord(self) -> None:
+        """
+        When two records of a C{dovecot-uidlist} name the same base name, the later one counts,
+        as for Dovecot (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES[:1])
+        self.writeFile(
+            "dovecot-uidlist",
+            b"3 V1597643564 N3\n"
+            b"1 :1597643000.M1P100.mail.example.org,S=2166,W=2217:2,\n"
+            b"2 :1597643000.M1P100.mail.example.org,S=2166,W=2217:2,S\n",
+        )
+        self.assertEqual(self.session("dovecot"), [b"000000025F3A1B2C"])
+
+    def test_unterminatedRecord(self) -> None:
+        """
+        A last line without a newline, which Dovecot may be appending, is not read, whether it
+        looks complete or not; the lines before are used (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES[:2])
+        own = _DOVECOT_FILES[1][1].partition(":")[0].encode()
+        header = b"3 V1597643564 N3\n1 :1597643000.M1P100.mail.example.org,S=2166,W=2217\n"
+        for tail in [b"2 P1597", b"2 Pcut :" + own]:
+            self.writeFile("dovecot-uidlist", header + tail)
+            with capturedLogs() as events:
+                self.assertEqual(self.session("dovecot"), [b"000000015F3A1B2C", own])
+            self.assertEqual(_warnings(events), [])
+            os.unlink(self.index)
+
+    def test_unreadable(self) -> None:
+        """
+        A legacy file that cannot be opened or read is ignored with a warning; nothing is saved,
+        so that the next session, once it can be read, still uses it (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        legacy = self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        failing = {"open": True, "read": False}
+        realOpen, realRead = os.open, os.read
+        legacyFDs: set[int] = set()
+
+        def faultyOpen(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if path == legacy and failing["open"]:
+                raise _oserror(errno.EACCES)
+            fd = realOpen(path, *args, **kwargs)
+            if path == legacy:
+                legacyFDs.add(fd)
+            return fd
+
+        def faultyRead(fd: int, size: int) -> bytes:
+            if fd in legacyFDs and failing["read"]:
+                raise _oserror(errno.EIO)
+            return realRead(fd, size)
+
+        self.patch(os, "open", faultyOpen)
+        self.patch(os, "read", faultyRead)
+        own = [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES]
+        for fault in ["open", "read"]:
+            failing.update({"open": False, "read": False, fault: True})
+            with capturedLogs() as events:
+                self.assertEqual(self.session("dovecot"), own)
+            [warning] = _warnings(events)
+            self.assertIn("unreadable", warning)
+            self.assertFalse(os.path.exists(self.index))
+        failing["read"] = False
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+
+    def test_notRegularFile(self) -> None:
+        """
+        A legacy file that is a directory, a FIFO (opened without blocking) or a symbolic link
+        (even to a valid file) is ignored with a warning (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        legacy = os.path.join(self.path, "dovecot-uidlist")
+        target = os.path.abspath(self.mktemp())
+        with open(target, "wb") as f:
+            f.write(_DOVECOT_V3)
+        own = [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES]
+        for make, remove in [
+            (os.mkdir, os.rmdir),
+            (os.mkfifo, os.unlink),
+            (lambda path: os.symlink(target, path), os.unlink),
+        ]:
+            make(legacy)
+            with capturedLogs() as events:
+                self.assertEqual(self.session("dovecot"), own)
+            self.assertEqual(len(_warnings(events)), 1)
+            remove(legacy)
+
+    def test_tooLarge(self) -> None:
+        """
+        A legacy file larger than the limit is ignored with a warning (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.patch(maildir, "_LEGACY_MAX_SIZE", len(_DOVECOT_V3) - 1)
+        with capturedLogs() as events:
+            self.assertEqual(
+                self.session("dovecot"),
+                [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES],
+            )
+        [warning] = _warnings(events)
+        self.assertIn("larger than", warning)
+        self.patch(maildir, "_LEGACY_MAX_SIZE", len(_DOVECOT_V3))
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+
+    def test_warnedOnceASession(self) -> None:
+        """
+        A malformed legacy file is read and warned about once a session, however many times
+        the session lists, and again in the next session (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        opened = self.legacyOpens("dovecot-uidlist")
+        self.writeFile("dovecot-uidlist", b"garbage\n")
+        with capturedLogs() as events:
+            drop = openMaildir(self.path, uidlMigration="dovecot")
+            self.listing(drop)
+            self.listing(drop)
+            drop.close()
+        self.assertEqual((len(_warnings(events)), len(opened)), (1, 1))
+        with capturedLogs() as events:
+            self.session("dovecot")
+        self.assertEqual((len(_warnings(events)), len(opened)), (1, 2))
+
+    def test_realm(self) -> None:
+        """
+        L{MaildirRealm} passes its C{uidlMigration} down to the Maildirs it opens (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        root = os.path.dirname(self.path)
+        realm = MaildirRealm(root + "/%u", uidlMigration="courier")
+        _, drop, logout = self.successResultOf(
+            realm.requestAvatar(os.path.basename(self.path).encode(), None, IMaildrop)
+        )
+        self.addCleanup(logout)
+        self.assertEqual(self.listing(drop)[0].uidl, b"UID1-1597643564")
+
+    def test_unknownMigration(self) -> None:
+        """
+        Any C{uidlMigration} but C{"dovecot"}, C{"courier"} and L{None} is a L{ValueError}
+        from the realm's constructor and from L{openMaildir}, which then locks nothing (R22).
+        """
+        for bad in ["", "Dovecot", "COURIER", "maildir", "dovecot "]:
+            self.assertRaises(ValueError, MaildirRealm, "/var/mail/%u", uidlMigration=bad)
+            self.assertRaises(ValueError, openMaildir, self.path, uidlMigration=bad)
+        self.assertEqual(self.session("courier"), [])
+        MaildirRealm("/var/mail/%u", "dovecot")
+
+    def test_version2Index(self) -> None:
+        """
+        An index of version 2 is read with its sizes and retrieval times, and the migration
+        rewrites it in version 3 with them and the UIDLs (R22).
+        """
+        self.deliverAll(_COURIER_FILES)
+        self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        names = [name.partition(":")[0].encode() for _, name in _COURIER_FILES]
+        with open(self.index, "wb") as f:
+            f.write(
+                _signedIndex(
+                    [b"9 " + names[0] + b" 1700000000", b"8 " + names[1], b"7 " + names[2]]
+                )
+            )
+        calls = self.countMeasuring()
+        drop = self.openDrop(self.path)
+        drop.close()
+        drop = openMaildir(self.path, uidlMigration="courier")
+        listed = list(self.listing(drop))
+        drop.close()
+        self.assertEqual(
+            listed,
+            [
+                MessageInfo(9, b"UID1-1597643564", 1700000000.0),
+                MessageInfo(8, b"UID2-1597643564"),
+                MessageInfo(7, b"UID3"),
+                MessageInfo(3, names[3]),
+            ],
+        )
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(
+            self.readIndex(),
+            _signedIndex(
+                [
+                    b"9 " + names[0] + b" 1700000000 uidl=UID1-1597643564",
+                    b"8 " + names[1] + b" uidl=UID2-1597643564",
+                    b"7 " + names[2] + b" uidl=UID3",
+                    b"3 " + names[3] + b" own",
+                ],
+                header=b"popd-index 3",
+            ),
+        )
+
+    def test_version1Index(self) -> None:
+        """
+        An index of version 1 is read with its sizes, and the migration rewrites it in version 3
+        with them and the UIDLs (R22).
+        """
+        self.deliverAll(_COURIER_FILES[:2])
+        self.writeFile("courierpop3dsizelist", _COURIER_V2)
+        names = [name.partition(":")[0].encode() for _, name in _COURIER_FILES[:2]]
+        with open(self.index, "wb") as f:
+            f.write(_signedIndex([b"9 " + names[0], b"8 " + names[1]], header=b"popd-index 1"))
+        self.forbidMeasuring()
+        drop = openMaildir(self.path, uidlMigration="courier")
+        listed = list(self.listing(drop))
+        drop.close()
+        self.assertEqual(
+            listed, [MessageInfo(9, b"UID1-1597643564"), MessageInfo(8, b"UID2-1597643564")]
+        )
+        self.assertEqual(
+            self.readIndex(),
+            _signedIndex(
+                [
+                    b"9 " + names[0] + b" uidl=UID1-1597643564",
+                    b"8 " + names[1] + b" uidl=UID2-1597643564",
+                ],
+                header=b"popd-index 3",
+            ),
+        )
+
+    def test_version3Index(self) -> None:
+        """
+        An index of version 3 is trusted: its UIDLs, C{own} or given, with or without a size
+        and a retrieval time, are served without reading the legacy file (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES[:4])
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        names = [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES[:4]]
+        with open(self.index, "wb") as f:
+            f.write(
+                _signedIndex(
+                    [
+                        b"- " + names[0] + b" uidl=a",
+                        b"5 " + names[1] + b" 1700000000 uidl=%21%",
+                        b"- " + names[2] + b" 1700000001 own",
+                        b"6 " + names[3] + b" own",
+                    ],
+                    header=b"popd-index 3",
+                )
+            )
+        opened = self.legacyOpens("dovecot-uidlist")
+        self.patch(os, "replace", lambda *args: self.fail("the index was written again"))
+        drop = openMaildir(self.path, uidlMigration="dovecot")
+        listed = list(self.listing(drop))
+        drop.close()
+        self.assertEqual(
+            listed,
+            [
+                MessageInfo(2217, b"a"),
+                MessageInfo(510, b"%21%", 1700000000.0),
+                MessageInfo(42, names[2], 1700000001.0),
+                MessageInfo(42, names[3]),
+            ],
+        )
+        self.assertEqual(opened, [])
+
+    def test_version3IndexCorrupt(self) -> None:
+        """
+        An index of version 3 with any bad UIDL field, two messages with one UIDL, or UIDL fields
+        in an older version is ignored whole: sizes are computed again, and the UIDLs found again
+        in the legacy file (R22).
+        """
+        self.deliverAll(_COURIER_FILES[:2])
+        self.writeFile("courierpop3dsizelist", _COURIER_V3)
+        a, b = [name.partition(":")[0].encode() for _, name in _COURIER_FILES[:2]]
+        corrupt = [
+            _signedIndex([b"3 " + a + b" uidl=", b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" uidl=" + b"x" * 71, b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" uidl=x", b"3 " + b + b" uidl=x"], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" own", b"3 " + b + b" uidl=" + a], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" OWN", b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" own own", b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" own 17", b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" uidl=x y", b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b"  own", b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"- " + a, b"3 " + b], header=b"popd-index 3"),
+            _signedIndex([b"3 " + a + b" own", b"3 " + b]),
+            _signedIndex([b"3 " + a + b" uidl=x", b"3 " + b]),
+            _signedIndex([b"3 " + a + b" own", b"3 " + b], header=b"popd-index 1"),
+        ]
+        calls = self.countMeasuring()
+        for data in corrupt:
+            with open(self.index, "wb") as f:
+                f.write(data)
+            del calls[:]
+            self.assertEqual(self.session("courier"), [b"UID1-1597643564", b"UID2-1597643564"])
+            self.assertEqual(len(calls), 2, data)
+
+    def test_indexWriteFailure(self) -> None:
+        """
+        When the index cannot be saved, the session still serves the legacy UIDLs (the error is
+        logged), and the next session chooses them again (R22).
+        """
+        self.deliverAll(_DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        failing = [True]
+        self.failOn("replace", lambda path: failing[0], errno.ENOSPC)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertFalse(os.path.exists(self.index))
+        failing[0] = False
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        self.assertTrue(self.readIndex().startswith(b"popd-index 3\n"))
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["1.a", "1.b", "2.a", "UID1", "x", "2.a:2,S"]),
+                st.one_of(st.none(), st.sampled_from(["", "1.a", "1.b", "x", "UID1", "2.a"])),
+            ),
+            max_size=8,
+        ),
+        st.lists(st.sampled_from(["1.a", "1.b", "2.a", "UID1", "x", "3.n"]), max_size=3),
+    )
+    def test_uniqueStableProperty(
+        self, records: list[tuple[str, str | None]], later: list[str]
+    ) -> None:
+        """
+        Whatever the legacy UIDLs, including ones that repeat or equal other messages' base
+        names, every listed UIDL is valid and unique, and each message keeps its UIDL in later
+        sessions, when messages are delivered or removed and the legacy file changes (R22).
+        """
+        self.path = self.makeMaildir()
+        self.index = os.path.join(self.path, "popd-index")
+        delivered: dict[str, str] = {}
+        for fileName, _ in records:
+            baseName = fileName.partition(":")[0]
+            if baseName not in delivered:
+                delivered[baseName] = os.path.join("cur", fileName)
+                self.deliver(self.path, "cur", fileName, b"a\n")
+
+        def uidlist(header: bytes, pop3s: Sequence[str | None]) -> bytes:
+            lines = [header]
+            for uid, ((fileName, _), pop3) in enumerate(zip(records, pop3s), 1):
+                extension = b"" if pop3 is None else b"P" + pop3.encode() + b" "
+                lines.append(b"%d %s:%s\n" % (uid, extension, fileName.encode()))
+            return b"".join(lines)
+
+        pop3s = [pop3 for _, pop3 in records]
+        self.writeFile("dovecot-uidlist", uidlist(b"3 V1597643564 N100\n", pop3s))
+
+        def session(migration: str | None) -> dict[str, bytes]:
+            """
+            @return: the UIDLs listed by a new session, by base name, after checking them.
+            """
+            drop = openMaildir(self.path, uidlMigration=migration)
+            try:
+                uidls = [info.uidl for info in self.listing(drop)]
+                names = [message.baseName for message in drop._messages]
+            finally:
+                drop.close()
+            self.assertUniqueValid(uidls)
+            return dict(zip(names, uidls))
+
+        before = session("dovecot")
+        self.assertEqual(sorted(before), sorted(delivered))
+        self.writeFile("dovecot-uidlist", uidlist(b"3 V1 N100\n", pop3s[::-1]))
+        for baseName in later:
+            if baseName in delivered:
+                os.unlink(os.path.join(self.path, delivered.pop(baseName)))
+            else:
+                self.deliver(self.path, "new", baseName, b"a\n")
+                delivered[baseName] = os.path.join("new", baseName)
+        for migration in ["dovecot", None]:
+            after = session(migration)
+            self.assertEqual(sorted(after), sorted(delivered))
+            for baseName in set(before) & set(after):
+                self.assertEqual(before[baseName], after[baseName])

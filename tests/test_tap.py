@@ -918,3 +918,18 @@ class SystemdTests(SynchronousTestCase):
             client.quit()
         except (poplib.error_proto, OSError) as e:
             self.fail(f"{e}\n{output.getContent().decode('utf-8', 'replace')}")
+
+
+class UIDLMigrationOptionTests(SynchronousTestCase):
+    """
+    C{--uidl-migration} reaches the Maildir realm, and only known sources are accepted.
+    """
+
+    def test_option(self) -> None:
+        files = _Files(FilePath(self.mktemp()))
+        for source in ("dovecot", "courier"):
+            options = _parse(*files.store(), "--uidl-migration", source)
+            self.assertEqual(options["realm"]._uidlMigration, source)
+        self.assertRaises(
+            usage.UsageError, _parse, *files.store(), "--uidl-migration", "cyrus"
+        )
