@@ -14,7 +14,8 @@ from typing import IO, Collection, Hashable, Sequence
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.mail.pop3 import IMailbox
+# twisted.mail.pop3 would import the reactor; its IMailbox lives here, importable on its own.
+from twisted.mail.interfaces import IMailboxPOP3 as IMailbox
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
