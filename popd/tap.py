@@ -137,7 +137,7 @@ Examples:
   Postfix or Dovecot's LDA write them, a Dovecot passwd-file:
 
     twistd popd --listen tcp:110 \\
-        --listen ssl:995:privateKey=/etc/popd/key.pem:certKey=/etc/popd/cert.pem \\
+        --tls-listen tcp:995 \\
         --tls-cert /etc/popd/cert.pem --tls-key /etc/popd/key.pem \\
         --maildir /var/mail/%d/%n/Maildir --passwd /etc/popd/passwd
 
