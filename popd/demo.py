@@ -66,14 +66,14 @@ delivers to and at a Dovecot-style passwd-file, and give it a certificate:
 
   twistd popd \\
       --listen tcp:110 \\
-      --listen ssl:995:privateKey=/etc/popd/key.pem:certKey=/etc/popd/cert.pem \\
+      --tls-listen tcp:995 \\
       --tls-cert /etc/popd/cert.pem --tls-key /etc/popd/key.pem \\
       --maildir /var/mail/%d/%n/Maildir \\
       --passwd /etc/popd/passwd
 
-A passwd-file has one "user:{{SCHEME}}hash" line per user; make a hash with
-"doveadm pw -s SHA512-CRYPT" or with
-  python -c "from popd.cred import hashPassword; print(hashPassword('secret'))"
+A passwd-file has one "user:{{SCHEME}}hash" line per user; make one with
+  popd-passwd alice@example.org >> /etc/popd/passwd
+(or "doveadm pw -s SHA512-CRYPT").
 
 "twistd popd --help" lists every option, and README.rst has the manual.
 """
