@@ -887,6 +887,12 @@ class PasswdFileChecker:
         self._log.failure("Checking the password of {user!r} failed", failure, user=username)
         raise UnauthorizedLogin(_REFUSED)
 
+    def reload(self) -> None:
+        """
+        Read the file again now if it changed (on C{SIGHUP}); every check does this anyway.
+        """
+        self._refresh()
+
     def _refresh(self) -> None:
         """
         Read the file again when it changed; keep the last contents read when it cannot be.

@@ -9,8 +9,10 @@ L{makeService} imports the reactor, and in demo mode writes the demo's files.
 from __future__ import annotations
 
 import math
+import os
 import signal
 from types import FrameType
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence, cast
 import re
 import sys
@@ -23,7 +25,8 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IReactorFromThreads, IReactorProcess, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from twisted.python import usage
@@ -36,6 +39,7 @@ from popd.maildir import MaildirRealm
 from popd.metrics import MetricsResource
 from popd.protocol import POP3ServerFactory
 from popd.tls import TLS_VERSIONS, ReloadableTLSContext
+from popd.workers import RecordingEndpoint, WorkerPool
 
 _log = Logger()
 
@@ -100,6 +104,17 @@ def _tlsVersion(value: str) -> str:
     if value not in TLS_VERSIONS:
         raise ValueError(f"{value!r} is not a TLS version popd accepts (1.2, 1.3)")
     return value
+
+
+def _workers(value: str) -> int:
+    """
+    Coerce the number of worker processes: a positive number, or C{auto} for one per CPU.
+
+    @raise ValueError: for anything else.
+    """
+    if value == "auto":
+        return os.cpu_count() or 1
+    return _count(value)
 
 
 def _port(value: str) -> int:
@@ -314,6 +329,14 @@ Examples:
             "durations) over HTTP on this endpoint. Example: --metrics tcp:9110:interface=127.0.0.1",
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the listening sockets, or auto for one per CPU; they share the "
+            "Maildir locks. Example: --workers auto",
+            _workers,
+        ],
+        [
             "demo-port",
             None,
             None,
@@ -335,6 +358,11 @@ Examples:
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self["tls-listen"] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Worker processes are started with the same options.
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)  # type: ignore[no-untyped-call]
 
     def opt_listen(self, description: str) -> None:
         """Listen here (repeatable; default tcp:110). Example: --listen unix:/run/popd.sock"""
@@ -493,20 +521,39 @@ def _checkEndpoint(description: str) -> None:
         raise usage.UsageError(f"--listen {description}: {reason}")
 
 
-def makeService(options: Options) -> IService:
+@dataclass
+class Server:
     """
-    Build the server that C{options} describe: one listening service per endpoint, all
-    sharing one L{POP3ServerFactory}, and a handler that reloads the certificate and the
-    passwd-file on C{SIGHUP}.
+    What the options describe, built: the factory, and where it listens.
 
-    In demo mode, this first prepares the demo's files in L{DEMO_DIRECTORY} and prints (and
-    logs) how to log in.
-
-    @param options: parsed options.
-    @return: a L{MultiService} of the listeners.
+    @ivar factory: the one factory of every POP3 listener.
+    @ivar tlsContext: the certificate for STLS and implicit TLS, if any.
+    @ivar listen: endpoints of plain listeners.
+    @ivar tlsListen: endpoints of implicit-TLS listeners.
+    @ivar reloads: what C{SIGHUP} reloads.
     """
-    from twisted.internet import reactor
 
+    factory: POP3ServerFactory
+    tlsContext: ReloadableTLSContext | None
+    listen: list[str]
+    tlsListen: list[str]
+    reloads: list[Callable[[], object]]
+
+    def implicitTLS(self) -> TLSMemoryBIOFactory:
+        """
+        The factory of implicit-TLS listeners: TLS around the POP3 factory.
+        """
+        assert self.tlsContext is not None
+        return TLSMemoryBIOFactory(self.tlsContext, False, self.factory)
+
+
+def buildServer(options: Options, reactor: IReactorTime, announce: bool = True) -> Server:
+    """
+    Build the factory and listener list that C{options} describe, without listening.
+
+    In demo mode this prepares the demo's files in L{DEMO_DIRECTORY} and, if C{announce},
+    prints (and logs) how to log in.
+    """
     if options["demo"]:
         setup = prepareDemo(FilePath(DEMO_DIRECTORY))
         plainPort = options["demo-port"] or DEMO_PORT
@@ -518,18 +565,19 @@ def makeService(options: Options) -> IService:
         )
         listen = [f"tcp:{plainPort}:interface={DEMO_HOST}"]
         tlsListen = [f"tcp:{tlsPort}:interface={DEMO_HOST}"]
-        sys.stdout.write(setup.instructions(plainPort, tlsPort))
-        sys.stdout.flush()
-        _log.info(
-            "Demo: log in as {user} with password {password} on {host} ports {plainPort} "
-            "(STLS) and {tlsPort} (TLS); files in {directory}",
-            user=setup.user,
-            password=setup.password,
-            host=DEMO_HOST,
-            plainPort=plainPort,
-            tlsPort=tlsPort,
-            directory=setup.directory.path,
-        )
+        if announce:
+            sys.stdout.write(setup.instructions(plainPort, tlsPort))
+            sys.stdout.flush()
+            _log.info(
+                "Demo: log in as {user} with password {password} on {host} ports {plainPort} "
+                "(STLS) and {tlsPort} (TLS); files in {directory}",
+                user=setup.user,
+                password=setup.password,
+                host=DEMO_HOST,
+                plainPort=plainPort,
+                tlsPort=tlsPort,
+                directory=setup.directory.path,
+            )
     else:
         checker = options["checker"]
         realm = options["realm"]
@@ -554,20 +602,46 @@ def makeService(options: Options) -> IService:
         expireDays=options["expire"],
         reactor=reactor,
     )
-    service = MultiService()  # type: ignore[no-untyped-call]
-    for description in listen:
-        strports.service(description, factory, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
-    for description in tlsListen:
-        assert tlsContext is not None
-        implicitTLS = TLSMemoryBIOFactory(tlsContext, False, factory)
-        strports.service(description, implicitTLS, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
-    if options["metrics"] is not None:
-        site = Site(MetricsResource(factory.metrics))  # type: ignore[no-untyped-call]
-        strports.service(options["metrics"], site, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     reloads: list[Callable[[], object]] = []
     if tlsContext is not None:
         reloads.append(tlsContext.reload)
-    ReloadOnHangup(cast(IReactorFromThreads, reactor), reloads).setServiceParent(service)  # type: ignore[no-untyped-call]
+    if isinstance(checker, PasswdFileChecker):
+        reloads.append(checker.reload)
+    return Server(factory, tlsContext, listen, tlsListen, reloads)
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the server that C{options} describe: one listening service per endpoint, all
+    sharing one L{POP3ServerFactory}; a handler that reloads the certificate and the
+    passwd-file on C{SIGHUP}; and, with C{--workers}, the worker processes that serve the
+    same listening sockets.
+
+    @param options: parsed options.
+    @return: a L{MultiService} of the listeners.
+    """
+    from twisted.internet import reactor
+
+    server = buildServer(options, reactor)
+    workers = options["workers"] - 1
+    service = MultiService()  # type: ignore[no-untyped-call]
+    shared: list[tuple[RecordingEndpoint, bool]] = []
+    kinds = [(d, False) for d in server.listen] + [(d, True) for d in server.tlsListen]
+    for description, tls in kinds:
+        endpoint = endpoints.serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+        if workers:
+            endpoint = RecordingEndpoint(endpoint)
+            shared.append((endpoint, tls))
+        factory = server.implicitTLS() if tls else server.factory
+        StreamServerEndpointService(endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]
+    if options["metrics"] is not None:
+        site = Site(MetricsResource(server.factory.metrics))  # type: ignore[no-untyped-call]
+        strports.service(options["metrics"], site, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
+    if workers:
+        pool = WorkerPool(cast(IReactorProcess, reactor), options.arguments, shared, workers)
+        pool.setServiceParent(service)  # type: ignore[no-untyped-call]
+        server.reloads.append(pool.hangup)
+    ReloadOnHangup(cast(IReactorFromThreads, reactor), server.reloads).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from io import StringIO
-from typing import Callable
+from typing import Callable, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -933,3 +933,95 @@ class UIDLMigrationOptionTests(SynchronousTestCase):
         self.assertRaises(
             usage.UsageError, _parse, *files.store(), "--uidl-migration", "cyrus"
         )
+
+
+def _children(pid: int) -> list[int]:
+    """
+    The processes whose parent is C{pid}.
+    """
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+class WorkersTests(SynchronousTestCase):
+    """
+    C{--workers N}: N processes serve the same listening socket.
+    """
+
+    def setUp(self) -> None:
+        self.directory = FilePath(self.mktemp())
+        files = _Files(self.directory)
+        maildir = self.directory.descendant(["mail", "bob", "Maildir"])
+        for name in ("new", "cur", "tmp"):
+            maildir.child(name).makedirs()
+        maildir.child("new").child("1700000000.M1P1.test").setContent(b"Subject: hi\n\nbody\n")
+        (self.port,) = _freePorts(1)
+        self.output = self.directory.child("twistd.out")
+        with self.output.open("w") as outputFile:
+            self.process = subprocess.Popen(
+                _twistd("-n", "--pidfile=", "popd", "--workers", "2",
+                        "--listen", f"tcp:{self.port}:interface=127.0.0.1", *files.store()),
+                cwd=self.directory.path,
+                env=_environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=outputFile,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.addCleanup(self._stop)
+        self.worker = self._waitForWorker(())
+
+    def _stop(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.process.terminate()
+        self.process.wait(_PROCESS_TIMEOUT)
+        deadline = time.monotonic() + _PROCESS_TIMEOUT
+        while os.path.exists(f"/proc/{self.worker}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertFalse(os.path.exists(f"/proc/{self.worker}"), "the worker outlived twistd")
+
+    def _waitForWorker(self, notThese: Sequence[int]) -> int:
+        deadline = time.monotonic() + _PROCESS_TIMEOUT
+        while time.monotonic() < deadline:
+            workers = [p for p in _children(self.process.pid) if p not in notThese]
+            if workers and self._serves():
+                return workers[0]
+            time.sleep(0.1)
+        self.fail("no worker started:\n" + self.output.getContent().decode("utf-8", "replace"))
+
+    def _serves(self) -> bool:
+        try:
+            client = poplib.POP3("127.0.0.1", self.port, timeout=10)
+        except OSError:
+            return False
+        client.user("bob")
+        client.pass_("secret")
+        self.assertEqual(client.retr(1)[1], [b"Subject: hi", b"", b"body"])
+        client.quit()
+        return True
+
+    def test_workerServes(self) -> None:
+        """
+        While the main process is stopped (C{SIGSTOP}), the worker still serves sessions
+        from the shared socket.
+        """
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            self.assertTrue(self._serves())
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+    def test_restarted(self) -> None:
+        """
+        A worker that dies is replaced.
+        """
+        os.kill(self.worker, signal.SIGKILL)
+        self.worker = self._waitForWorker((self.worker,))
