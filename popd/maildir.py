@@ -38,6 +38,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger, LogLevel
 from zope.interface import Interface, implementer
 
+from popd import uidlmigration
 from popd._wire import transmittedSize
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
@@ -88,7 +89,6 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 
 _DOVECOT_SIZE = re.compile(r",W=([0-9]{1,20})(?:,|$)")
 _PRINTABLE_UIDL = re.compile(r"[!-~]{1,70}")
-_VALID_UIDL = re.compile(rb"[!-~]{1,70}")
 # Not in a base name: a leading dot (hidden files), a path separator, the flags separator, NUL.
 _NOT_BASE_NAME = re.compile(rb"^\.|[/:\0]")
 _DIGEST_LENGTH = 40
@@ -103,26 +103,9 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # UIDL migration (R22): the files in the Maildir root where the POP3 servers popd replaces kept
 # the UIDLs they handed out.  popd only ever reads them.
-_DOVECOT = "dovecot"
-_COURIER = "courier"
-_LEGACY_FILES = {_DOVECOT: "dovecot-uidlist", _COURIER: "courierpop3dsizelist"}
-# A FIFO put in place of a legacy file must not block the server; files ignore O_NONBLOCK.
 _LEGACY_READ_FLAGS = _READ_FLAGS | os.O_NONBLOCK
 # Far more than the file of any real maildrop needs (some 100 octets a message).
 _LEGACY_MAX_SIZE = 64 * 1024 * 1024
-_MAX_UINT32 = 2**32 - 1
-_MAX_ULONG = 2**64 - 1
-_DECIMAL = re.compile(rb"[0-9]{1,20}")
-_DOVECOT_V1_HEADER = re.compile(rb"1 ([0-9]{1,20}) ([0-9]{1,20})")
-# Dovecot's extension keys: a capital letter, then the value.
-_DOVECOT_KEYS = re.compile(rb"[A-Z]")
-_COURIER_HEADER = re.compile(rb"/([0-9]{1,20}) ([0-9]{1,20})(?: ([0-9]{1,20}))?")
-# As Courier reads it: the file name is all before the last two spaces; the UTF-8 flag of
-# version 3 is optional in both versions.
-_COURIER_RECORD = re.compile(
-    rb"(.+) ([0-9]{1,20}) ([0-9]{1,20}):([0-9]{1,20})(?::[0-9]{1,10})?", re.DOTALL
-)
-_COURIER_VERSIONS = frozenset({b"2", b"3"})
 
 
 def _checkTemplate(template: str) -> None:
@@ -232,7 +215,7 @@ class MaildirRealm:
             server listens.
         """
         _checkTemplate(template)
-        _checkMigration(uidlMigration)
+        uidlmigration.checkSource(uidlMigration)
         self._template = template
         self._prefix = _fixedPrefix(template)
         self._uidlMigration = uidlMigration
@@ -318,7 +301,7 @@ def openMaildir(
     @raise TemporaryFailure: the Maildir could not be created or the lock file opened (the
         cause is logged).
     """
-    _checkMigration(uidlMigration)
+    uidlmigration.checkSource(uidlMigration)
     try:
         _create(path)
         realPath = os.path.realpath(path)
@@ -429,181 +412,6 @@ def _measure(path: str) -> int:
         return transmittedSize(iter(lambda: os.read(fd, _CHUNK), b""))
     finally:
         os.close(fd)
-
-
-class _LegacyFormatError(Exception):
-    """
-    A legacy UIDL file that is not as its server writes it.
-
-    @ivar line: the number of the first line found wrong, from 1.
-    @ivar reason: what is wrong with it.
-    """
-
-    def __init__(self, line: int, reason: str) -> None:
-        super().__init__(line, reason)
-        self.line = line
-        self.reason = reason
-
-
-def _completeLines(data: bytes) -> list[bytes]:
-    """
-    @return: the lines of C{data} that end with a newline, without it.  A last line without
-        one may be a record that its server is still appending: it is left out, as Courier
-        leaves it out, rather than read cut.
-    """
-    return data.split(b"\n")[:-1]
-
-
-def _decodeName(name: bytes) -> str:
-    """
-    @return: the file name C{name} as L{os.scandir} gives it.
-    """
-    return name.decode(_FS_ENCODING, _FS_ERRORS)
-
-
-def _validUidls(uidls: dict[str, bytes]) -> tuple[dict[str, bytes], int]:
-    """
-    @return: the UIDLs of C{uidls} that POP3 allows (1 to 70 octets in 0x21-0x7E), and how
-        many others were left out.
-    """
-    valid = {name: uidl for name, uidl in uidls.items() if _VALID_UIDL.fullmatch(uidl)}
-    return valid, len(uidls) - len(valid)
-
-
-def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
-    """
-    Parse a C{dovecot-uidlist} and compute the POP3 UIDL that Dovecot gave each message (R22).
-
-    Version 1 (Dovecot 1.0) has the header C{1 <uidvalidity> <nextuid>} and the records
-    C{<uid> <file name>}.  Version 3 (Dovecot 1.1 and later) has the header C{3} then fields of
-    a key letter and a value in any order, of which C{V<uidvalidity>} and C{N<nextuid>} are
-    required, and the records C{<uid> [<key><value> ...] :<file name>}, whose keys are capital
-    letters.  UIDs increase from line to line.  The file name may carry flags, old ones or none:
-    its base name identifies the message.  When two records name one base name, the later one
-    counts, as for Dovecot.
-
-    The UIDL is the record's C{P} extension when it has one (written by C{pop3_save_uidl}; when
-    empty it means the base name), else what Dovecot's default C{pop3_uidl_format},
-    C{%08Xu%08Xv}, gives: the UID then the UIDVALIDITY, each as 8 upper-case hex digits.  A
-    custom C{pop3_uidl_format} cannot be known here.
-
-    @return: the UIDL of each base name, leaving out those POP3 does not allow, and how many
-        were left out.
-    @raise _LegacyFormatError: a line is not as Dovecot writes it: the whole file is suspect.
-    """
-    lines = _completeLines(data)
-    if not lines:
-        raise _LegacyFormatError(1, "no header")
-    header = lines[0]
-    if header.startswith(b"1 "):
-        version = 1
-        match = _DOVECOT_V1_HEADER.fullmatch(header)
-        if match is None:
-            raise _LegacyFormatError(1, "not a header of version 1")
-        values = [match.group(1), match.group(2)]
-    elif header.startswith(b"3 "):
-        version = 3
-        fields = {field[:1]: field[1:] for field in header[2:].split(b" ") if field}
-        values = [fields.get(b"V", b""), fields.get(b"N", b"")]
-        if not all(_DECIMAL.fullmatch(value) for value in values):
-            raise _LegacyFormatError(1, "no UIDVALIDITY or next UID in the header")
-    else:
-        raise _LegacyFormatError(1, "not version 1 or 3")
-    uidValidity, nextUid = (int(value) for value in values)
-    if not (0 < uidValidity <= _MAX_UINT32 and 0 < nextUid <= _MAX_UINT32):
-        raise _LegacyFormatError(1, "UIDVALIDITY or next UID out of range")
-    uidls: dict[str, bytes] = {}
-    previous = 0
-    for number, line in enumerate(lines[1:], 2):
-        text, space, rest = line.partition(b" ")
-        if not space or not _DECIMAL.fullmatch(text):
-            raise _LegacyFormatError(number, "no UID")
-        uid = int(text)
-        if not previous < uid < _MAX_UINT32 or (version == 1 and uid >= nextUid):
-            raise _LegacyFormatError(number, "UID out of order or range")
-        previous = uid
-        rest = rest.lstrip(b" ")
-        pop3: bytes | None = None
-        if version == 3:
-            while rest and not rest.startswith(b":"):
-                field, _, rest = rest.partition(b" ")
-                rest = rest.lstrip(b" ")
-                if not _DOVECOT_KEYS.fullmatch(field[:1]):
-                    raise _LegacyFormatError(number, "bad extension field")
-                if field[:1] == b"P" and pop3 is None:
-                    pop3 = field[1:]
-            if not rest:
-                raise _LegacyFormatError(number, "no file name")
-            rest = rest[1:]
-        baseName = rest.partition(b":")[0]
-        if not baseName or b"/" in rest:
-            raise _LegacyFormatError(number, "bad file name")
-        if pop3 is None:
-            uidl = b"%08X%08X" % (uid, uidValidity)
-        else:
-            uidl = pop3 or baseName
-        uidls[_decodeName(baseName)] = uidl
-    return _validUidls(uidls)
-
-
-def _parseCourier(data: bytes) -> tuple[dict[str, bytes], int]:
-    """
-    Parse a C{courierpop3dsizelist} and compute the POP3 UIDL that Courier gave each message
-    (R22), as Courier's C{pop3dserver.c} reads it.
-
-    The header is C{/<version> <nextuid> <uidv>}, of version 2 or 3.  A record is C{<file name>
-    <size> <uid>:<uidv>}, followed by C{:<UTF-8 flag>} in version 3.  The file name carries
-    flags: its base name identifies the message.  The UIDL is C{UID<uid>-<uidv>}, or
-    C{UID<uid>} when C{uidv} is 0.  Records in another form, or with the UID 0, are skipped as
-    Courier skips them.  When two records name one base name, which one Courier used depends on
-    its sort: neither is used.
-
-    @return: the UIDL of each base name, and how many records were skipped or left out.
-    @raise _LegacyFormatError: the header is not as Courier writes it, or of another version
-        (Courier rewrites files of versions 0 and 1 with new UIDLs when it reads them).
-    """
-    lines = _completeLines(data)
-    header = _COURIER_HEADER.fullmatch(lines[0]) if lines else None
-    if header is None or header.group(1) not in _COURIER_VERSIONS:
-        raise _LegacyFormatError(1, "not a header of version 2 or 3")
-    uidls: dict[str, bytes] = {}
-    duplicates: set[str] = set()
-    skipped = 0
-    for line in lines[1:]:
-        record = _COURIER_RECORD.fullmatch(line)
-        if record is None:
-            skipped += 1
-            continue
-        fileName, _, uidText, uidvText = record.groups()
-        baseName = fileName.partition(b":")[0]
-        uid, uidv = int(uidText), int(uidvText)
-        if not baseName or b"/" in fileName or not 0 < uid <= _MAX_ULONG or uidv > _MAX_ULONG:
-            skipped += 1
-            continue
-        name = _decodeName(baseName)
-        if name in duplicates:
-            skipped += 1
-        elif name in uidls:
-            del uidls[name]
-            duplicates.add(name)
-            skipped += 2
-        else:
-            uidls[name] = b"UID%d-%d" % (uid, uidv) if uidv else b"UID%d" % (uid,)
-    valid, invalid = _validUidls(uidls)
-    return valid, skipped + invalid
-
-
-_LEGACY_PARSERS = {_DOVECOT: _parseDovecot, _COURIER: _parseCourier}
-
-
-def _checkMigration(uidlMigration: str | None) -> None:
-    """
-    @raise ValueError: C{uidlMigration} is not L{None}, C{"dovecot"} or C{"courier"}.
-    """
-    if uidlMigration is not None and uidlMigration not in _LEGACY_FILES:
-        raise ValueError(
-            f"Unknown UIDL migration {uidlMigration!r}: use {_DOVECOT!r} or {_COURIER!r}"
-        )
 
 
 class _Entry(NamedTuple):
@@ -871,7 +679,7 @@ class Maildir:
             L{None}.
         @raise ValueError: C{uidlMigration} is not one of those values.
         """
-        _checkMigration(uidlMigration)
+        uidlmigration.checkSource(uidlMigration)
         self.path = path
         self._lockFD: int | None = lockFD
         self._clock = clock
@@ -1011,7 +819,7 @@ class Maildir:
         """
         if not self._legacyRead:
             self._legacyRead = True
-            self._legacy = self._readLegacy(os.path.join(self.path, _LEGACY_FILES[kind]), kind)
+            self._legacy = self._readLegacy(os.path.join(self.path, uidlmigration.FILES[kind]), kind)
         return self._legacy
 
     def _readLegacy(self, path: str, kind: str) -> dict[str, bytes] | None:
@@ -1048,8 +856,8 @@ class Maildir:
             )
             return None
         try:
-            uidls, ignored = _LEGACY_PARSERS[kind](b"".join(chunks))
-        except _LegacyFormatError as e:
+            uidls, ignored = uidlmigration.parse(kind, b"".join(chunks))
+        except uidlmigration.LegacyFormatError as e:
             _log.warn(
                 "Ignoring the malformed {path!r}: line {line}: {reason}",
                 path=path,
