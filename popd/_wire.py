@@ -7,7 +7,7 @@ Nothing here does I/O, so everything here is tested exhaustively with hypothesis
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 CRLF = b"\r\n"
 TERMINATOR = b".\r\n"

@@ -45,9 +45,10 @@ import os
 import secrets
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from passlib.exc import PasswordValueError
 from passlib.hash import argon2, bcrypt, des_crypt, md5_crypt, sha256_crypt, sha512_crypt
@@ -625,9 +626,7 @@ def _parsePassword(stored: str, defaultScheme: str) -> _Entry:
     return scheme.load(_decode(value, scheme, encoding))
 
 
-def hashPassword(
-    password: str, scheme: str = _DEFAULT_SCHEME, *, rounds: int | None = None
-) -> str:
+def hashPassword(password: str, scheme: str = _DEFAULT_SCHEME, *, rounds: int | None = None) -> str:
     """
     Hash a password the way Dovecot's C{doveadm pw -s SCHEME} does.
 

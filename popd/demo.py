@@ -136,31 +136,23 @@ class DemoSetup:
             password=json.dumps(self.password),
         )
         return (
-            "popd demo: a POP3 server on {host} for one user with one welcome message.\n"
+            f"popd demo: a POP3 server on {DEMO_HOST} for one user with one welcome message.\n"
             "\n"
-            "  user:      {user}\n"
-            "  password:  {password}\n"
-            "  POP3:      {host}:{plainPort} (STLS offered), {host}:{tlsPort} (implicit TLS)\n"
-            "  TLS:       self-signed for localhost and {host}, SHA-256 {fingerprint}\n"
-            "  files:     {directory} (remove it to start afresh)\n"
+            f"  user:      {self.user}\n"
+            f"  password:  {self.password}\n"
+            f"  POP3:      {DEMO_HOST}:{plainPort} (STLS offered), "
+            f"{DEMO_HOST}:{tlsPort} (implicit TLS)\n"
+            f"  TLS:       self-signed for localhost and {DEMO_HOST}, "
+            f"SHA-256 {self.fingerprint()}\n"
+            f"  files:     {self.directory.path} (remove it to start afresh)\n"
             "\n"
             "Read the welcome message with any of:\n"
             "\n"
-            "  curl -k pop3s://{credentials}@{host}:{tlsPort}/1\n"
-            "  curl -k --ssl-reqd pop3://{credentials}@{host}:{plainPort}/1\n"
-            "  python3 -c {poplibCode}\n"
+            f"  curl -k pop3s://{credentials}@{DEMO_HOST}:{tlsPort}/1\n"
+            f"  curl -k --ssl-reqd pop3://{credentials}@{DEMO_HOST}:{plainPort}/1\n"
+            f"  python3 -c {shlex.quote(poplibCode)}\n"
             "\n"
             "For real mailboxes, see: twistd popd --help\n"
-        ).format(
-            host=DEMO_HOST,
-            user=self.user,
-            password=self.password,
-            plainPort=plainPort,
-            tlsPort=tlsPort,
-            fingerprint=self.fingerprint(),
-            directory=self.directory.path,
-            credentials=credentials,
-            poplibCode=shlex.quote(poplibCode),
         )
 
 

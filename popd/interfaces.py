@@ -9,7 +9,8 @@ numbers of the wire.
 
 from __future__ import annotations
 
-from typing import Collection, NamedTuple, Sequence
+from collections.abc import Collection, Sequence
+from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface

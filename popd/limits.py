@@ -10,7 +10,8 @@ so that tests need no waiting.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 _K = TypeVar("_K", bound=Hashable)
 
@@ -70,9 +71,7 @@ class _ExpiringRecords(Generic[_K]):
     def set(self, key: _K, count: int) -> None:
         if len(self._records) >= self._pruneAbove:
             now = self._clock()
-            self._records = {
-                k: r for k, r in self._records.items() if now - r[0] < self.lifetime
-            }
+            self._records = {k: r for k, r in self._records.items() if now - r[0] < self.lifetime}
         self._records[key] = (self._clock(), count)
 
     def forget(self, key: _K) -> None:

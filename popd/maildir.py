@@ -751,7 +751,7 @@ class Maildir:
             self._writeIndex(entries)
         return [
             MessageInfo(size, uidl, None if retrievedAt is None else float(retrievedAt))
-            for (_, _, _, size, retrievedAt), uidl in zip(found, uidls)
+            for (_, _, _, size, retrievedAt), uidl in zip(found, uidls, strict=True)
         ]
 
     def _chooseUidls(
@@ -819,7 +819,9 @@ class Maildir:
         """
         if not self._legacyRead:
             self._legacyRead = True
-            self._legacy = self._readLegacy(os.path.join(self.path, uidlmigration.FILES[kind]), kind)
+            self._legacy = self._readLegacy(
+                os.path.join(self.path, uidlmigration.FILES[kind]), kind
+            )
         return self._legacy
 
     def _readLegacy(self, path: str, kind: str) -> dict[str, bytes] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
@@ -107,7 +107,9 @@ class MemoryMaildrop:
             return fail(MessageGone())
         return succeed(MemoryMessage(content))
 
-    def commit(self, deleted: Collection[int], retrieved: Collection[int]) -> Deferred[Collection[int]]:
+    def commit(
+        self, deleted: Collection[int], retrieved: Collection[int]
+    ) -> Deferred[Collection[int]]:
         mailbox = self._mailbox
         for index in deleted:
             mailbox._messages.pop(self._uidls[index], None)

@@ -53,8 +53,14 @@ class Metrics:
         The counters in the Prometheus text format.
         """
         lines = [
-            *_metric("popd_connections_total", "counter", "Connections accepted.", [("", self.connections)]),
-            *_metric("popd_connections_open", "gauge", "Connections open now.", [("", self.openConnections)]),
+            *_metric(
+                "popd_connections_total", "counter", "Connections accepted.",
+                [("", self.connections)],
+            ),
+            *_metric(
+                "popd_connections_open", "gauge", "Connections open now.",
+                [("", self.openConnections)],
+            ),
             *_metric(
                 "popd_logins_total", "counter", "Login attempts by outcome.",
                 _labelled("outcome", self.logins),
@@ -78,7 +84,7 @@ class Metrics:
         ]
         cumulative = 0
         bounds = [*(repr(bound) for bound in DURATION_BUCKETS), "+Inf"]
-        for bound, count in zip(bounds, self._durationCounts):
+        for bound, count in zip(bounds, self._durationCounts, strict=True):
             cumulative += count
             lines.append(f'popd_session_duration_seconds_bucket{{le="{bound}"}} {cumulative}')
         lines.append(f"popd_session_duration_seconds_sum {self._durationSum!r}")

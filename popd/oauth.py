@@ -82,9 +82,7 @@ class OAuthTokenChecker:
         self._granted: WeakKeyDictionary[IOAuthBearerCredentials, bytes] = WeakKeyDictionary()
         self._refused: WeakSet[IOAuthBearerCredentials] = WeakSet()
 
-    def requestAvatarId(
-        self, credentials: IOAuthBearerCredentials
-    ) -> Deferred[bytes | tuple[()]]:
+    def requestAvatarId(self, credentials: IOAuthBearerCredentials) -> Deferred[bytes | tuple[()]]:
         """
         Check a token, or use the verdict L{checkAhead} recorded for these credentials.
 

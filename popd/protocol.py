@@ -16,7 +16,8 @@ import re
 import secrets
 import socket
 import time
-from typing import Any, Callable, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, UsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
@@ -24,7 +25,6 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.interfaces import (
     IConsumer,
     INegotiated,
@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -488,11 +489,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     # AUTHORIZATION
 
     def _cleartextAllowed(self) -> bool:
-        return (
-            self._secure
-            or self.factory.allowCleartext
-            or _isLoopback(self._transport.getPeer())
-        )
+        return self._secure or self.factory.allowCleartext or _isLoopback(self._transport.getPeer())
 
     def do_USER(self, argument: bytes) -> None:
         if not self._cleartextAllowed():

@@ -19,7 +19,8 @@ import json
 import re
 import secrets
 import time
-from typing import Any, Callable, Final, NamedTuple
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
 
 from scramp import ScramException, ScramMechanism  # type: ignore[import-untyped]
 from scramp.utils import saslprep  # type: ignore[import-untyped]
@@ -453,7 +454,7 @@ class ScramCredentials:
         signature = hmac.digest(storedKey, self.authMessage, self.hashName)
         if len(self.clientProof) != len(signature):
             return False
-        clientKey = bytes(a ^ b for a, b in zip(self.clientProof, signature))
+        clientKey = bytes(a ^ b for a, b in zip(self.clientProof, signature, strict=True))
         return hmac.compare_digest(hashlib.new(self.hashName, clientKey).digest(), storedKey)
 
 
@@ -705,9 +706,7 @@ class _BearerExchange:
     def _granted(self, avatarId: bytes, credentials: OAuthBearerCredentials) -> ICredentials:
         return credentials
 
-    def _denied(
-        self, reason: Failure, credentials: OAuthBearerCredentials
-    ) -> Challenge | Failure:
+    def _denied(self, reason: Failure, credentials: OAuthBearerCredentials) -> Challenge | Failure:
         if not isinstance(reason.value, UnauthorizedLogin):
             # The validator could not decide (its provider is unreachable): a server problem.
             return reason

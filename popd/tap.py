@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-from types import FrameType
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence, cast
 import re
+import signal
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, cast
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
@@ -25,10 +27,9 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import IReactorFromThreads, IReactorProcess, IReactorTime
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.web.server import Site
@@ -326,7 +327,8 @@ Examples:
             None,
             None,
             "Serve Prometheus metrics (connections, logins, commands, octets, session "
-            "durations) over HTTP on this endpoint. Example: --metrics tcp:9110:interface=127.0.0.1",
+            "durations) over HTTP on this endpoint. "
+            "Example: --metrics tcp:9110:interface=127.0.0.1",
         ],
         [
             "workers",
@@ -396,9 +398,7 @@ Examples:
             of range, and files, templates or endpoints that cannot be used.
         """
         if self["timeout"] < 600:
-            raise usage.UsageError(
-                "--timeout must be at least 600 seconds (RFC 1939 section 3)"
-            )
+            raise usage.UsageError("--timeout must be at least 600 seconds (RFC 1939 section 3)")
         if self["login-timeout"] <= 0:
             raise usage.UsageError("--login-timeout must be more than 0 seconds")
         if self["max-line-length"] < 255:
@@ -449,9 +449,9 @@ Examples:
             try:
                 checkers.append(PasswdFileChecker(self["passwd"], self["passwd-scheme"]))
             except PasswdFileError as e:
-                raise usage.UsageError(f"--passwd: {e}")
+                raise usage.UsageError(f"--passwd: {e}") from None
             except ValueError as e:
-                raise usage.UsageError(f"--passwd-scheme: {e}")
+                raise usage.UsageError(f"--passwd-scheme: {e}") from None
         if not checkers:
             raise usage.UsageError("give --passwd or --auth, to check passwords")
         if len(checkers) > 1:
@@ -466,15 +466,14 @@ Examples:
         """
         if self["maildir"] is None:
             raise usage.UsageError(
-                "give --maildir, to say where mail is "
-                "(or no store options at all, to run the demo)"
+                "give --maildir, to say where mail is (or no store options at all, to run the demo)"
             )
         if self["uidl-migration"] not in (None, "dovecot", "courier"):
             raise usage.UsageError("--uidl-migration must be dovecot or courier")
         try:
             realm = MaildirRealm(self["maildir"], uidlMigration=self["uidl-migration"])
         except ValueError as e:
-            raise usage.UsageError(f"--maildir: {e}")
+            raise usage.UsageError(f"--maildir: {e}") from None
         if not _USER_PLACEHOLDER.search(self["maildir"]):
             raise usage.UsageError(
                 "--maildir needs %u or %n, or every user would read the same Maildir"
@@ -496,9 +495,11 @@ Examples:
         try:
             return ReloadableTLSContext(certificate, key, TLS_VERSIONS[self["tls-min-version"]])
         except OSError as e:
-            raise usage.UsageError(f"--tls-cert/--tls-key: cannot read {e.filename}: {e.strerror}")
+            raise usage.UsageError(
+                f"--tls-cert/--tls-key: cannot read {e.filename}: {e.strerror}"
+            ) from None
         except ValueError as e:
-            raise usage.UsageError(f"--tls-cert/--tls-key: {e}")
+            raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
 
 
 def _checkEndpoint(description: str) -> None:
@@ -518,7 +519,7 @@ def _checkEndpoint(description: str) -> None:
         if description.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
             # What the systemd parser raises for an index or a name it was not passed.
             reason = "systemd passed no such socket (see LISTEN_FDS in sd_listen_fds(3))"
-        raise usage.UsageError(f"--listen {description}: {reason}")
+        raise usage.UsageError(f"--listen {description}: {reason}") from None
 
 
 @dataclass
@@ -651,7 +652,9 @@ class ReloadOnHangup(Service):
     daemons do, without touching open sessions.
     """
 
-    def __init__(self, reactor: IReactorFromThreads, reloads: Sequence[Callable[[], object]]) -> None:
+    def __init__(
+        self, reactor: IReactorFromThreads, reloads: Sequence[Callable[[], object]]
+    ) -> None:
         self._reactor = reactor
         self._reloads = reloads
         self._previous: Any = None

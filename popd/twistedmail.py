@@ -10,10 +10,13 @@ transmitted, valid UIDLs, one session at a time, and deletion only at UPDATE.
 from __future__ import annotations
 
 import hashlib
-from typing import IO, Collection, Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
+from functools import partial
+from typing import IO
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
+
 # twisted.mail.pop3 would import the reactor; its IMailbox lives here, importable on its own.
 from twisted.mail.interfaces import IMailboxPOP3 as IMailbox
 from twisted.python.failure import Failure
@@ -100,7 +103,7 @@ class MailboxMaildrop:
             # what it will send (rule R19).
             file = await maybeDeferred(self._mailbox.getMessage, index)
             try:
-                size = transmittedSize(iter(lambda: _read(file, 65536), b""))
+                size = transmittedSize(iter(partial(_read, file, 65536), b""))
             finally:
                 file.close()
             listing.append(MessageInfo(size, _validUidl(uidl)))
@@ -118,7 +121,9 @@ class MailboxMaildrop:
         _log.failure("An IMailbox could not open a message", failure=reason)
         raise TemporaryFailure()
 
-    def commit(self, deleted: Collection[int], retrieved: Collection[int]) -> Deferred[Collection[int]]:
+    def commit(
+        self, deleted: Collection[int], retrieved: Collection[int]
+    ) -> Deferred[Collection[int]]:
         return Deferred.fromCoroutine(self._commit(deleted))
 
     async def _commit(self, deleted: Collection[int]) -> Collection[int]:

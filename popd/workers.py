@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -103,7 +103,7 @@ class WorkerPool(Service):
     def _listening(self, results: list[tuple[bool, IListeningPort]]) -> None:
         self._ports = [
             (port.fileno(), tls)  # type: ignore[attr-defined]
-            for (_, port), (_, tls) in zip(results, self._listeners)
+            for (_, port), (_, tls) in zip(results, self._listeners, strict=True)
         ]
         for _ in range(self._count):
             self._spawn()
@@ -111,7 +111,9 @@ class WorkerPool(Service):
     def _spawn(self) -> None:
         if not self.running:
             return
-        descriptors = [f"{3 + i}:{'tls' if tls else 'plain'}" for i, (_, tls) in enumerate(self._ports)]
+        descriptors = [
+            f"{3 + i}:{'tls' if tls else 'plain'}" for i, (_, tls) in enumerate(self._ports)
+        ]
         childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
         for i, (fileno, _) in enumerate(self._ports):
             childFDs[3 + i] = fileno

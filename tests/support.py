@@ -10,8 +10,8 @@ import itertools
 import os
 import shutil
 import socket
-import subprocess
 import ssl
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -189,8 +189,9 @@ def writePasswdFile(path: FilePath[str], users: Mapping[str, str], scheme: str) 
     Write a Dovecot-style passwd-file for C{users} (name to plaintext password), mode 0600.
     """
     path.setContent(
-        "".join(f"{name}:{hashPassword(password, scheme)}\n" for name, password in users.items())
-        .encode("utf-8")
+        "".join(
+            f"{name}:{hashPassword(password, scheme)}\n" for name, password in users.items()
+        ).encode("utf-8")
     )
     path.chmod(0o600)
 
@@ -373,9 +374,7 @@ async def startServer(
     server._listeners.append(listener)
     testCase.addCleanup(lambda: Deferred.fromCoroutine(server.stop()))
     if certificate is not None:
-        tlsEndpoint = SSL4ServerEndpoint(
-            reactor, 0, certificate.serverOptions(), interface=HOST
-        )
+        tlsEndpoint = SSL4ServerEndpoint(reactor, 0, certificate.serverOptions(), interface=HOST)
         tlsListener = await tlsEndpoint.listen(factory)
         server._listeners.append(tlsListener)
         server.tlsPort = tlsListener.getHost().port
@@ -465,9 +464,7 @@ def runProcess(
         "LC_ALL": "C",
     }
     collector = _Collector(argv, timeout)
-    reactor.spawnProcess(
-        collector, argv[0], list(argv), env=env, path=home.path
-    )
+    reactor.spawnProcess(collector, argv[0], list(argv), env=env, path=home.path)
     return collector.ended
 
 
@@ -505,7 +502,17 @@ class TestHost:
             ["link", "set", inside, "netns", self.name],
             ["addr", "add", f"{self.hostAddress}/30", "dev", outside],
             ["link", "set", outside, "up"],
-            ["netns", "exec", self.name, ip, "addr", "add", f"{self.peerAddress}/30", "dev", inside],
+            [
+                "netns",
+                "exec",
+                self.name,
+                ip,
+                "addr",
+                "add",
+                f"{self.peerAddress}/30",
+                "dev",
+                inside,
+            ],
             ["netns", "exec", self.name, ip, "link", "set", inside, "up"],
             ["netns", "exec", self.name, ip, "link", "set", "lo", "up"],
         ]:
@@ -595,7 +602,6 @@ def unstuff(body: bytes) -> bytes:
     """
     lines = body.split(CRLF)
     return CRLF.join(line[1:] if line.startswith(b".") else line for line in lines)
-
 
 
 def stuff(transmitted: bytes) -> bytes:

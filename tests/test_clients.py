@@ -28,12 +28,12 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import FailTest, SkipTest, TestCase
 
 from tests.support import (
-    TestHost,
     CRLF,
     HOST,
     ProcessResult,
     RawConnection,
     RunningServer,
+    TestHost,
     bigMessage,
     canonical,
     dotLineAt,
@@ -595,9 +595,7 @@ class FetchmailTests(TestCase):
         server = await startServer(self, {USER: ORDINARY})
         code = await self.fetch(self.rcFile(server.port, userOptions="fetchall"))
         self.assertEqual(code, 0)
-        self.assertEqual(
-            readDelivered(self.delivered), [crlfToLF(canonical(m)) for m in ORDINARY]
-        )
+        self.assertEqual(readDelivered(self.delivered), [crlfToLF(canonical(m)) for m in ORDINARY])
         await server.whenIdle()
         self.assertEqual(server.store.stored(USER), ORDINARY)
 
@@ -923,6 +921,8 @@ print(json.dumps({"before": sorted(before), "sasl": before.get("SASL", []),
         report = json.loads(result.out)
         self.assertNotIn("USER", report["before"])
         self.assertFalse({"PLAIN", "LOGIN"} & set(report["sasl"]), report["sasl"])
-        self.assertEqual(report["refused"], "-ERR [AUTH] Plaintext authentication is disallowed without TLS.")
+        self.assertEqual(
+            report["refused"], "-ERR [AUTH] Plaintext authentication is disallowed without TLS."
+        )
         self.assertIn("USER", report["after"])
         self.assertEqual(report["stat"], [1, len(canonical(b"Subject: x\n\nhi\n"))])

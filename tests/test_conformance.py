@@ -174,9 +174,24 @@ class _ServerMixin:
         @return: each check's id to its printed line, the last line, and the exit status.
         """
         argv = [
-            sys.executable, "-m", "popd.conformance", "--host", HOST, "--port", str(port),
-            "--user", MAIN, "--password", MAIN_PASSWORD, "--scratch-user", SCRATCH,
-            "--scratch-password", SCRATCH_PASSWORD, "--timeout", "5", *options,
+            sys.executable,
+            "-m",
+            "popd.conformance",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--user",
+            MAIN,
+            "--password",
+            MAIN_PASSWORD,
+            "--scratch-user",
+            SCRATCH,
+            "--scratch-password",
+            SCRATCH_PASSWORD,
+            "--timeout",
+            "5",
+            *options,
         ]
         result = await deferToThread(
             subprocess.run, argv, cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -239,8 +254,11 @@ class PopdTests(_ServerMixin, TestCase):
         lines, summary, status = await self.runCommand(self.listen(self.factory), "--starttls")
         skipped = {check for check, line in lines.items() if line.startswith("SKIP  ")}
         self.assertEqual(skipped, self.SKIPPED | {"R35.implicitTLS"})
-        self.assertEqual(summary, f"{len(lines) - len(skipped)} passed, 0 failed, "
-                         f"{len(skipped)} skipped", "\n".join(lines.values()))
+        self.assertEqual(
+            summary,
+            f"{len(lines) - len(skipped)} passed, 0 failed, {len(skipped)} skipped",
+            "\n".join(lines.values()),
+        )
         self.assertEqual(status, 0)
 
     async def test_implicitTLS(self) -> None:
@@ -401,8 +419,10 @@ service anvil {{
         giveUp = time.monotonic() + 15
         while time.monotonic() < giveUp:
             if self.process.poll() is not None:
-                self.fail(f"dovecot exited with {self.process.returncode}:\n"
-                          + log.getContent().decode("utf-8", "replace"))
+                self.fail(
+                    f"dovecot exited with {self.process.returncode}:\n"
+                    + log.getContent().decode("utf-8", "replace")
+                )
             try:
                 with socket.create_connection((HOST, self.port), timeout=1) as probe:
                     if probe.recv(512).startswith(b"+OK"):
@@ -410,8 +430,10 @@ service anvil {{
             except OSError:
                 pass
             time.sleep(0.05)
-        self.fail("dovecot did not greet within 15 seconds:\n"
-                  + log.getContent().decode("utf-8", "replace"))
+        self.fail(
+            "dovecot did not greet within 15 seconds:\n"
+            + log.getContent().decode("utf-8", "replace")
+        )
 
     def _stop(self) -> None:
         """
@@ -431,8 +453,9 @@ service anvil {{
         report = await deferToThread(run, config(self.port))
         self.assertEqual(report.failures(), self.DEVIATIONS, "\n".join(report.lines()))
         self.assertIn("message 3: LIST 46, received 48", detail(report, "R19.octetsReceived"))
-        self.assertEqual(detail(report, "R25.bothStates"),
-                         "announced before login only: SASL, STLS, USER")
+        self.assertEqual(
+            detail(report, "R25.bothStates"), "announced before login only: SASL, STLS, USER"
+        )
 
 
 @implementer(IRealm)

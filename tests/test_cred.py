@@ -16,7 +16,8 @@ import hmac
 import os
 import re
 import struct
-from typing import Any, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -141,10 +142,27 @@ class HashPasswordTests(SynchronousTestCase):
         """
         self.assertTrue(
             {
-                "PLAIN", "CLEARTEXT", "PLAIN-MD5", "LDAP-MD5", "MD5", "SHA", "SHA256", "SHA512",
-                "SSHA", "SSHA256", "SSHA512", "CRYPT", "MD5-CRYPT", "SHA256-CRYPT",
-                "SHA512-CRYPT", "BLF-CRYPT", "ARGON2I", "ARGON2ID", "CRAM-MD5",
-                "SCRAM-SHA-1", "SCRAM-SHA-256",
+                "PLAIN",
+                "CLEARTEXT",
+                "PLAIN-MD5",
+                "LDAP-MD5",
+                "MD5",
+                "SHA",
+                "SHA256",
+                "SHA512",
+                "SSHA",
+                "SSHA256",
+                "SSHA512",
+                "CRYPT",
+                "MD5-CRYPT",
+                "SHA256-CRYPT",
+                "SHA512-CRYPT",
+                "BLF-CRYPT",
+                "ARGON2I",
+                "ARGON2ID",
+                "CRAM-MD5",
+                "SCRAM-SHA-1",
+                "SCRAM-SHA-256",
             }.issubset(SCHEMES)
         )
 
@@ -900,7 +918,7 @@ def scramProof(
     clientKey = hmac.digest(salted, b"Client Key", hashName)
     storedKey = hashlib.new(hashName, clientKey).digest()
     signature = hmac.digest(storedKey, authMessage, hashName)
-    proof = bytes(a ^ b for a, b in zip(clientKey, signature))
+    proof = bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
     return ScramCredentials(username, hashName, authMessage, proof)
 
 
@@ -923,9 +941,7 @@ class ScramSchemeTests(SynchronousTestCase):
             self.assertEqual(iterations, "4096")
             self.assertEqual(len(base64.b64decode(salt)), 16)
             self.assertEqual(len(base64.b64decode(storedKey)), size)
-            expected = ScramMechanism(scheme).make_auth_info(
-                PASSWORD, 4096, base64.b64decode(salt)
-            )
+            expected = ScramMechanism(scheme).make_auth_info(PASSWORD, 4096, base64.b64decode(salt))
             self.assertEqual(base64.b64decode(storedKey), expected[1])
             self.assertEqual(base64.b64decode(serverKey), expected[2])
         self.assertIn("}5000,", hashPassword("x", "SCRAM-SHA-1", rounds=5000))
@@ -953,6 +969,7 @@ class ScramSchemeTests(SynchronousTestCase):
         SCRAM entries that are malformed or unusable by SCRAM clients are skipped with a
         warning.
         """
+
         def b64(length: int) -> str:
             return base64.b64encode(b"k" * length).decode()
 

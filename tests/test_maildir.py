@@ -2544,7 +2544,7 @@ class UIDLMigrationTests(_MaildirTestCase):
 
         def uidlist(header: bytes, pop3s: Sequence[str | None]) -> bytes:
             lines = [header]
-            for uid, ((fileName, _), pop3) in enumerate(zip(records, pop3s), 1):
+            for uid, ((fileName, _), pop3) in enumerate(zip(records, pop3s, strict=True), 1):
                 extension = b"" if pop3 is None else b"P" + pop3.encode() + b" "
                 lines.append(b"%d %s:%s\n" % (uid, extension, fileName.encode()))
             return b"".join(lines)
@@ -2563,7 +2563,7 @@ class UIDLMigrationTests(_MaildirTestCase):
             finally:
                 drop.close()
             self.assertUniqueValid(uidls)
-            return dict(zip(names, uidls))
+            return dict(zip(names, uidls, strict=True))
 
         before = session("dovecot")
         self.assertEqual(sorted(before), sorted(delivered))

@@ -226,17 +226,17 @@ class UTF8Tests(SynchronousTestCase):
         self.clock = Clock()
         self.mailbox = MemoryMailbox(
             [
-                "Subject: Grüße\n\nbody\n".encode("utf-8"),
-                "Subject: plain\n\nbody with ü\n".encode("utf-8"),
+                "Subject: Grüße\n\nbody\n".encode(),
+                "Subject: plain\n\nbody with ü\n".encode(),
             ]
         )
         checker = InMemoryUsernamePasswordDatabaseDontUse()
-        checker.addUser("jörg".encode("utf-8"), "pässword".encode("utf-8"))
-        realm = MemoryRealm({"jörg".encode("utf-8"): self.mailbox})
+        checker.addUser("jörg".encode(), "pässword".encode())
+        realm = MemoryRealm({"jörg".encode(): self.mailbox})
         self.factory = POP3ServerFactory(Portal(realm, [checker]), reactor=self.clock)
 
     def login(self, session: Session) -> None:
-        response = session.login("jörg".encode("utf-8"), "pässword".encode("utf-8"))
+        response = session.login("jörg".encode(), "pässword".encode())
         self.assertTrue(response.startswith(b"+OK"), response)
 
     def test_capability(self) -> None:
@@ -257,7 +257,7 @@ class UTF8Tests(SynchronousTestCase):
         self.login(session)
         self.assertEqual(session.command(b"RETR 1"), Response.UTF8_HEADERS + b"\r\n")
         self.assertEqual(session.command(b"TOP 1 0"), Response.UTF8_HEADERS + b"\r\n")
-        self.assertIn("body with ü".encode("utf-8"), session.command(b"RETR 2"))
+        self.assertIn("body with ü".encode(), session.command(b"RETR 2"))
 
     def test_sentInUTF8Mode(self) -> None:
         """
@@ -266,7 +266,7 @@ class UTF8Tests(SynchronousTestCase):
         session = Session(self.factory)
         self.assertEqual(session.command(b"UTF8"), b"+OK UTF8 mode enabled.\r\n")
         self.login(session)
-        self.assertIn("Subject: Grüße".encode("utf-8"), session.command(b"RETR 1"))
+        self.assertIn("Subject: Grüße".encode(), session.command(b"RETR 1"))
 
     def test_onlyInAuthorization(self) -> None:
         session = Session(self.factory)
@@ -295,7 +295,9 @@ class LangTests(SynchronousTestCase):
         after login too.
         """
         for argument in [b"en", b"EN", b"en-US", b"*"]:
-            self.assertEqual(self.session.command(b"LANG " + argument), b"+OK en Language changed.\r\n")
+            self.assertEqual(
+                self.session.command(b"LANG " + argument), b"+OK en Language changed.\r\n"
+            )
         self.assertEqual(self.session.command(b"LANG fr"), Response.NO_LANGUAGE + b"\r\n")
         self.session.login()
         self.assertEqual(self.session.command(b"LANG en"), b"+OK en Language changed.\r\n")

@@ -6,7 +6,8 @@ L{StringTransport} with a L{Clock}, over every store popd ships (see L{Conforman
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernamePassword
@@ -58,7 +59,6 @@ class TLSStringTransport(TCPStringTransport):
     def startTLS(self, contextFactory: object) -> None:
         self.tlsStarted = contextFactory
         directlyProvides(self, ISSLTransport)
-
 
 
 class Session:
@@ -217,7 +217,8 @@ class ConformanceMixin:
         session = self.loggedIn()
         self.assertEqual(multiline(session.command(b"TOP 1 0")), [b"Subject: one", b""])
         self.assertEqual(
-            multiline(session.command(b"TOP 1 2")), [b"Subject: one", b"", b"first line", b".dot line"]
+            multiline(session.command(b"TOP 1 2")),
+            [b"Subject: one", b"", b"first line", b".dot line"],
         )
         self.assertEqual(
             multiline(session.command(b"TOP 2 99")), [b"Subject: two", b"X: y", b"", b"body"]
@@ -412,10 +413,32 @@ class GrammarTests(SynchronousTestCase):
         """
         session = self.loggedIn()
         for line in [
-            b"NOOP x", b"STAT 1", b"RSET 4", b"QUIT now", b"RETR", b"DELE", b"TOP", b"TOP 1",
-            b"DELE abc", b"DELE 0", b"LIST -1", b"LIST 4294967297", b"RETR 18446744073709551616",
-            b"DELE  1", b"DELE 1 ", b"LIST 1 2", b"UIDL x", b"TOP 1 x", b"TOP 0 1", b"RETR 4",
-            b"CAPA x", b"DELE +1", b"", b" ", b"FOO", b"RETR 1\tx",
+            b"NOOP x",
+            b"STAT 1",
+            b"RSET 4",
+            b"QUIT now",
+            b"RETR",
+            b"DELE",
+            b"TOP",
+            b"TOP 1",
+            b"DELE abc",
+            b"DELE 0",
+            b"LIST -1",
+            b"LIST 4294967297",
+            b"RETR 18446744073709551616",
+            b"DELE  1",
+            b"DELE 1 ",
+            b"LIST 1 2",
+            b"UIDL x",
+            b"TOP 1 x",
+            b"TOP 0 1",
+            b"RETR 4",
+            b"CAPA x",
+            b"DELE +1",
+            b"",
+            b" ",
+            b"FOO",
+            b"RETR 1\tx",
         ]:
             self.assertError(session, line)
         self.assertTrue(session.command(b"STAT").startswith(b"+OK 3 "))
@@ -467,8 +490,9 @@ class GrammarTests(SynchronousTestCase):
         self.assertEqual(response, Response.LINE_TOO_LONG + b"\r\n+OK\r\n")
         response = session.send(b"Y" * 3000)
         self.assertEqual(response, b"")
-        self.assertEqual(session.send(b"Y" * 3000 + b"\r\nNOOP\r\n"),
-                         Response.LINE_TOO_LONG + b"\r\n+OK\r\n")
+        self.assertEqual(
+            session.send(b"Y" * 3000 + b"\r\nNOOP\r\n"), Response.LINE_TOO_LONG + b"\r\n+OK\r\n"
+        )
 
     def test_maxLineLengthSetting(self) -> None:
         """
@@ -478,7 +502,9 @@ class GrammarTests(SynchronousTestCase):
         session = Session(factory)
         self.assertEqual(session.command(b"X" * 400), Response.LINE_TOO_LONG + b"\r\n")
         self.assertEqual(session.command(b"CAPA " + b"x" * 280)[:4], b"-ERR")
-        self.assertNotEqual(session.command(b"CAPA " + b"x" * 280), Response.LINE_TOO_LONG + b"\r\n")
+        self.assertNotEqual(
+            session.command(b"CAPA " + b"x" * 280), Response.LINE_TOO_LONG + b"\r\n"
+        )
         self.assertRaises(ValueError, POP3ServerFactory, self.portal, maxLineLength=254)
 
     def test_nul(self) -> None:
@@ -699,7 +725,9 @@ class AuthorizationTests(SynchronousTestCase):
         allows it, from anywhere.
         """
         for peer in [LOOPBACK, IPv6Address("TCP", "::1", 1), UNIXAddress(None)]:
-            self.assertTrue(Session(self.factory, peer).login(password=b"secret pass").startswith(b"+OK"))
+            self.assertTrue(
+                Session(self.factory, peer).login(password=b"secret pass").startswith(b"+OK")
+            )
             self.mailbox.locked = False
         factory = POP3ServerFactory(self.portal, reactor=self.clock, allowCleartext=True)
         session = Session(factory, REMOTE)
@@ -728,7 +756,9 @@ class STLSTests(SynchronousTestCase):
         self.portal = Portal(MemoryRealm({b"bob": self.mailbox}), [checker])
         self.context = object()
         self.factory = POP3ServerFactory(
-            self.portal, reactor=self.clock, tlsContextFactory=self.context  # type: ignore[arg-type]
+            self.portal,
+            reactor=self.clock,
+            tlsContextFactory=self.context,  # type: ignore[arg-type]
         )
 
     def session(self) -> Session:
@@ -771,8 +801,9 @@ class STLSTests(SynchronousTestCase):
         """
         Without a certificate there is no C{STLS}.
         """
-        session = Session(POP3ServerFactory(self.portal, reactor=self.clock), REMOTE,
-                          TLSStringTransport())
+        session = Session(
+            POP3ServerFactory(self.portal, reactor=self.clock), REMOTE, TLSStringTransport()
+        )
         self.assertNotIn(b"STLS", session.command(b"CAPA"))
         self.assertEqual(session.command(b"STLS"), Response.UNKNOWN + b"\r\n")
 
@@ -780,8 +811,9 @@ class STLSTests(SynchronousTestCase):
         """
         R6, R32: C{STLS} is refused in TRANSACTION.
         """
-        factory = POP3ServerFactory(self.portal, reactor=self.clock, allowCleartext=True,
-                                    tlsContextFactory=self.context)  # type: ignore[arg-type]
+        factory = POP3ServerFactory(
+            self.portal, reactor=self.clock, allowCleartext=True, tlsContextFactory=self.context
+        )  # type: ignore[arg-type]
         session = Session(factory, REMOTE, TLSStringTransport())
         session.login()
         self.assertEqual(session.command(b"STLS"), Response.WRONG_STATE + b"\r\n")
@@ -833,7 +865,9 @@ class ControlledMaildrop:
     def open(self, index: int) -> Deferred[IMessage]:
         return self.messages[index]
 
-    def commit(self, deleted: Collection[int], retrieved: Collection[int]) -> Deferred[Collection[int]]:
+    def commit(
+        self, deleted: Collection[int], retrieved: Collection[int]
+    ) -> Deferred[Collection[int]]:
         self.committed.append(deleted)
         return self.commitResult
 

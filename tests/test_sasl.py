@@ -40,10 +40,10 @@ from popd.sasl import (
     Challenge,
     CramMD5,
     CramMD5Credentials,
-    IScramCredentials,
-    IScramSecretSource,
     ISASLExchange,
     ISASLMechanism,
+    IScramCredentials,
+    IScramSecretSource,
     Login,
     MalformedResponse,
     OAuthBearer,
@@ -86,7 +86,7 @@ def clientProof(hashName: str, password: bytes, scram: ScramSecrets, authMessage
     clientKey = hmac.digest(salted, b"Client Key", hashName)
     storedKey = hashlib.new(hashName, clientKey).digest()
     signature = hmac.digest(storedKey, authMessage, hashName)
-    return bytes(a ^ b for a, b in zip(clientKey, signature))
+    return bytes(a ^ b for a, b in zip(clientKey, signature, strict=True))
 
 
 @implementer(IScramSecretSource)
@@ -107,18 +107,26 @@ RANDOM_NONCE = sasl._serverNonce
 # RFC 7677 section 3 and RFC 5802 section 5: user "user", password "pencil".
 RFC7677_SERVER_NONCE = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
 RFC7677 = [
-    (b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
-     b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"),
-    (b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-     b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
-     b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="),
+    (
+        b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+        b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+    ),
+    (
+        b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+        b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
+    ),
 ]
 RFC5802_SERVER_NONCE = "3rfcNHYJY1ZVvWVs7j"
 RFC5802 = [
-    (b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
-     b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"),
-    (b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
-     b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="),
+    (
+        b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
+        b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+    ),
+    (
+        b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+        b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=",
+    ),
 ]
 RFC7677_SECRETS = deriveScramSecrets(
     "sha256", b"pencil", base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="), 4096
@@ -175,15 +183,24 @@ class MechanismTests(SynchronousTestCase):
         self.assertEqual(exchange.respond(None), Challenge(b""))
         credentials = exchange.respond(b"\0tim\0tanstaaftanstaaf")
         assert IUsernamePassword.providedBy(credentials)
-        self.assertEqual((credentials.username, credentials.password), (b"tim", b"tanstaaftanstaaf"))
+        self.assertEqual(
+            (credentials.username, credentials.password), (b"tim", b"tanstaaftanstaaf")
+        )
 
     def test_plainMalformed(self) -> None:
         """
         Missing fields, an authorization identity for someone else, and CR, LF or NUL inside a
         field are refused.
         """
-        for response in [b"tim\0pw", b"\0\0pw", b"\0tim\0", b"eve\0tim\0pw", b"\0tim\0p\r\nw",
-                         b"\0tim\0p\0w", b"\0t\xffim\0pw"]:
+        for response in [
+            b"tim\0pw",
+            b"\0\0pw",
+            b"\0tim\0",
+            b"eve\0tim\0pw",
+            b"\0tim\0p\r\nw",
+            b"\0tim\0p\0w",
+            b"\0t\xffim\0pw",
+        ]:
             self.assertRaises(MalformedResponse, Plain().exchange(b"h").respond, response)
 
     def test_login(self) -> None:
@@ -534,8 +551,10 @@ class OAuthMechanismTests(SynchronousTestCase):
         self.checker = OAuthTokenChecker(self.validator)
 
     def test_interfaces(self) -> None:
-        for mechanism, name in [(OAuthBearer(self.checker), b"OAUTHBEARER"),
-                                (XOAuth2(self.checker), b"XOAUTH2")]:
+        for mechanism, name in [
+            (OAuthBearer(self.checker), b"OAUTHBEARER"),
+            (XOAuth2(self.checker), b"XOAUTH2"),
+        ]:
             self.assertTrue(verifyObject(ISASLMechanism, mechanism))
             self.assertEqual((mechanism.name, mechanism.cleartext), (name, True))
 
@@ -547,8 +566,9 @@ class OAuthMechanismTests(SynchronousTestCase):
         exchange = OAuthBearer(self.checker).exchange(b"host")
         credentials = respond(exchange, RFC7628_INITIAL)
         self.assertTrue(IOAuthBearerCredentials.providedBy(credentials))
-        self.assertEqual((credentials.username, credentials.token),
-                         (b"user@example.com", RFC7628_TOKEN))
+        self.assertEqual(
+            (credentials.username, credentials.token), (b"user@example.com", RFC7628_TOKEN)
+        )
         avatarId = self.successResultOf(self.checker.requestAvatarId(credentials))
         self.assertEqual(avatarId, b"user@example.com")
         self.assertEqual(self.validator.calls, [(b"user@example.com", RFC7628_TOKEN)])
@@ -804,8 +824,7 @@ class ScramAuthCommandTests(SynchronousTestCase):
         message of the same shape as a real user's and the same final answer as a wrong
         password.
         """
-        for username, password in [("user", "wrong"), ("nobody", "pencil"),
-                                   ("hashed", "pencil")]:
+        for username, password in [("user", "wrong"), ("nobody", "pencil"), ("hashed", "pencil")]:
             session = Session(self.factory, REMOTE)
             lines, _ = scramAuth(session, username, password)
             serverFirst = base64.b64decode(lines[0][2:])
@@ -846,8 +865,9 @@ class ScramAuthCommandTests(SynchronousTestCase):
         C{*} after the server-first message cancels with C{-ERR}; USER works then.
         """
         session = Session(self.factory, LOOPBACK)
-        self.assertTrue(session.command(b"AUTH SCRAM-SHA-256 " + b64(b"n,,n=user,r=abc"))
-                        .startswith(b"+ "))
+        self.assertTrue(
+            session.command(b"AUTH SCRAM-SHA-256 " + b64(b"n,,n=user,r=abc")).startswith(b"+ ")
+        )
         self.assertEqual(session.command(b"*"), Response.SASL_CANCELLED + b"\r\n")
         self.assertEqual(session.command(b"USER user"), b"+OK\r\n")
 
@@ -861,9 +881,7 @@ class ScramAuthCommandTests(SynchronousTestCase):
         self.assertEqual(scramAuth(session, "user", "pencil")[0][-1], b"+OK Logged in.\r\n")
         self.assertEqual(saslLine(session), b"SASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5")
         session = Session(self.factory, LOOPBACK)
-        self.assertEqual(
-            saslLine(session), b"SASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN"
-        )
+        self.assertEqual(saslLine(session), b"SASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN")
         path = self.mktemp()
         with open(path, "w") as passwd:
             passwd.write("hashed:" + hashPassword("pencil", "SSHA512") + "\n")
@@ -959,12 +977,16 @@ class OAuthAuthCommandTests(SynchronousTestCase):
         """
         A token response with CR, LF or NUL is refused at once.
         """
-        for response in [b"n,,\x01auth=Bearer tok\x01a=\r\x01\x01",
-                         b"user=a\nb\x01auth=Bearer tok\x01\x01"]:
+        for response in [
+            b"n,,\x01auth=Bearer tok\x01a=\r\x01\x01",
+            b"user=a\nb\x01auth=Bearer tok\x01\x01",
+        ]:
             session = Session(self.factory, LOOPBACK)
             mechanism = b"XOAUTH2 " if response.startswith(b"user") else b"OAUTHBEARER "
-            self.assertEqual(session.command(b"AUTH " + mechanism + b64(response)),
-                             Response.SASL_MALFORMED + b"\r\n")
+            self.assertEqual(
+                session.command(b"AUTH " + mechanism + b64(response)),
+                Response.SASL_MALFORMED + b"\r\n",
+            )
 
     def test_listing(self) -> None:
         """

@@ -14,8 +14,8 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from io import StringIO
-from typing import Callable, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,8 +24,8 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.plugin import getPlugins
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -35,8 +35,8 @@ import popd
 from popd.cred import PasswdFileChecker
 from popd.demo import prepareDemo
 from popd.maildir import MaildirRealm
-from popd.protocol import POP3ServerFactory
 from popd.metrics import MetricsResource
+from popd.protocol import POP3ServerFactory
 from popd.tap import Options, ReloadOnHangup, makeService
 from popd.tls import ReloadableTLSContext
 
@@ -368,8 +368,11 @@ class OptionsTests(SynchronousTestCase):
 
     def test_badPolicies(self) -> None:
         for arguments in [
-            ("--expire", "-1"), ("--expire", "soon"), ("--login-delay", "0"),
-            ("--tls-min-version", "1.1"), ("--max-connections-per-ip", "0"),
+            ("--expire", "-1"),
+            ("--expire", "soon"),
+            ("--login-delay", "0"),
+            ("--tls-min-version", "1.1"),
+            ("--max-connections-per-ip", "0"),
         ]:
             self.assertRaises(usage.UsageError, _parse, *self.files.store(), *arguments)
 
@@ -459,9 +462,7 @@ class OptionsTests(SynchronousTestCase):
         """
         A Maildir template with an unknown placeholder is a usage error.
         """
-        self.assertUsageError(
-            "%x", "--maildir", "/var/mail/%x", "--passwd", self.files.passwd.path
-        )
+        self.assertUsageError("%x", "--maildir", "/var/mail/%x", "--passwd", self.files.passwd.path)
 
     def test_sharedTemplate(self) -> None:
         """
@@ -930,9 +931,7 @@ class UIDLMigrationOptionTests(SynchronousTestCase):
         for source in ("dovecot", "courier"):
             options = _parse(*files.store(), "--uidl-migration", source)
             self.assertEqual(options["realm"]._uidlMigration, source)
-        self.assertRaises(
-            usage.UsageError, _parse, *files.store(), "--uidl-migration", "cyrus"
-        )
+        self.assertRaises(usage.UsageError, _parse, *files.store(), "--uidl-migration", "cyrus")
 
 
 def _children(pid: int) -> list[int]:

@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 import ssl
+from collections.abc import Generator
+from typing import Any, cast
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -23,7 +25,6 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from typing import Any, Generator, cast
 
 from popd.demo import selfSignedCertificate
 from popd.memory import MemoryMailbox, MemoryRealm

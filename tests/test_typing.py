@@ -1,6 +1,6 @@
 """
-The package's type annotations are checked as part of the suite, so that a change that breaks
-them fails CI like any other defect.
+The package's type annotations and its lint and format rules are checked as part of the suite,
+so that a change that breaks them fails CI like any other defect.
 """
 
 from __future__ import annotations
@@ -28,3 +28,38 @@ class MypyTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
+
+class RuffTests(SynchronousTestCase):
+    def test_lint(self) -> None:
+        """
+        C{ruff check} (rules in pyproject.toml) finds nothing in the package or its tests.
+        """
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--no-cache", "popd", "tests", "twisted"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_format(self) -> None:
+        """
+        The code is formatted as C{ruff format} formats it.
+        """
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ruff",
+                "format",
+                "--check",
+                "--no-cache",
+                "popd",
+                "tests",
+                "twisted",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)

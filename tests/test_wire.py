@@ -4,6 +4,8 @@ Property tests for L{popd._wire}: message encoding, sizes and argument parsing.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,7 +28,7 @@ def chunked(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     message = draw(messages)
     cuts = sorted(draw(st.lists(st.integers(0, len(message)), max_size=8)))
     bounds = [0, *cuts, len(message)]
-    return message, [message[a:b] for a, b in zip(bounds, bounds[1:])]
+    return message, [message[a:b] for a, b in pairwise(bounds)]
 
 
 def canonical(message: bytes) -> bytes:
@@ -161,8 +163,18 @@ class ParseNumberTests(SynchronousTestCase):
         """
         Signs, spaces, non-ASCII digits, empty strings and over-long numbers are refused.
         """
-        for argument in [b"", b"-1", b"+1", b" 1", b"1 ", b"1a", b"0x1", b"18446744073709551616",
-                         "\u0661".encode("utf-8"), b"1.0"]:
+        for argument in [
+            b"",
+            b"-1",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"0x1",
+            b"18446744073709551616",
+            "\u0661".encode("utf-8"),
+            b"1.0",
+        ]:
             self.assertIsNone(parseNumber(argument), argument)
 
     @given(st.binary(max_size=12))

@@ -20,11 +20,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 # Imported for their checks, which register themselves, in this order: the order they run in.
-from popd.conformance import grammar  # noqa: F401
-from popd.conformance import authorization  # noqa: F401
-from popd.conformance import transaction  # noqa: F401
-from popd.conformance import update  # noqa: F401
-from popd.conformance import extensions  # noqa: F401
+from popd.conformance import (
+    authorization,  # noqa: F401
+    extensions,  # noqa: F401
+    grammar,  # noqa: F401
+    transaction,  # noqa: F401
+    update,  # noqa: F401
+)
 from popd.conformance._client import ServerError
 from popd.conformance._context import (
     CHECKS,

@@ -59,8 +59,9 @@ def apopTimestampChanges(context: Context) -> Verdict:
     if first is None:
         raise Skip("the greeting has no APOP timestamp: APOP is not offered")
     if second is None or first == second:
-        return failed(f"two connections got the timestamps {show(first)} and "
-                      f"{show(second or b'(none)')}")
+        return failed(
+            f"two connections got the timestamps {show(first)} and {show(second or b'(none)')}"
+        )
     if not _MESSAGE_ID.match(first):
         return failed(f"timestamp {show(first)} is not in msg-id form <left@right>")
     return passed(f"{show(first)} then {show(second)}")
@@ -130,8 +131,9 @@ def apopDigestAccepted(context: Context) -> Verdict:
             raise Skip("the greeting has no APOP timestamp: APOP is not offered")
         reply = session.command(b"APOP " + user + b" " + apopDigest(timestamp, password))
         if not reply.ok:
-            return skipped(f"APOP -> {reply}; the server may hold no plaintext secret for "
-                           f"this user")
+            return skipped(
+                f"APOP -> {reply}; the server may hold no plaintext secret for this user"
+            )
         session.loggedIn = True
     return passed(f"APOP -> {reply}")
 

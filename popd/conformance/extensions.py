@@ -31,8 +31,19 @@ from popd.conformance._context import (
 #: The IANA "POP3 Extension Mechanism" registry.
 REGISTERED = frozenset(
     {
-        b"TOP", b"USER", b"SASL", b"RESP-CODES", b"LOGIN-DELAY", b"PIPELINING", b"EXPIRE",
-        b"UIDL", b"IMPLEMENTATION", b"STLS", b"AUTH-RESP-CODE", b"UTF8", b"LANG",
+        b"TOP",
+        b"USER",
+        b"SASL",
+        b"RESP-CODES",
+        b"LOGIN-DELAY",
+        b"PIPELINING",
+        b"EXPIRE",
+        b"UIDL",
+        b"IMPLEMENTATION",
+        b"STLS",
+        b"AUTH-RESP-CODE",
+        b"UTF8",
+        b"LANG",
     }
 )
 
@@ -142,8 +153,10 @@ def inOrder(context: Context) -> Verdict:
         finally:
             # Whatever happened, the session was pipelined to its end (or to its failure).
             session.drop()
-    return passed(f"{len(login + commands + ending)} commands in one write, answered in order, "
-                  f"RETR of {largest.size} octets included")
+    return passed(
+        f"{len(login + commands + ending)} commands in one write, answered in order, "
+        f"RETR of {largest.size} octets included"
+    )
 
 
 @check(27, "codeSyntax", afterAll=True)
@@ -434,8 +447,9 @@ def cramMD5(context: Context) -> Verdict:
         reply = _saslDone(_saslStep(session.connection, response), "AUTH CRAM-MD5")
         session.loggedIn = reply.ok
     if not reply.ok:
-        return skipped(f"AUTH CRAM-MD5 -> {reply}; the server may hold no plaintext secret for "
-                       f"this user")
+        return skipped(
+            f"AUTH CRAM-MD5 -> {reply}; the server may hold no plaintext secret for this user"
+        )
     return passed(f"AUTH CRAM-MD5 -> {reply}")
 
 
@@ -509,8 +523,9 @@ def afterHandshake(context: Context) -> Verdict:
         connection.command(b"QUIT")
     finally:
         connection.close()
-    return passed(f"{connection.tlsVersion}; CAPA without STLS; STLS again -> {again}; "
-                  f"login -> {login}")
+    return passed(
+        f"{connection.tlsVersion}; CAPA without STLS; STLS again -> {again}; login -> {login}"
+    )
 
 
 @check(32, "notInTransaction")
@@ -605,8 +620,10 @@ def cleartextRefused(context: Context) -> Verdict:
         raise Skip("CAPA is not implemented")
     offered = capabilities.has(b"USER") or {b"PLAIN", b"LOGIN"} & set(capabilities.mechanisms())
     if offered:
-        raise Skip("cleartext logins are offered without TLS here; whether they can be refused "
-                   "is configuration a client cannot see")
+        raise Skip(
+            "cleartext logins are offered without TLS here; whether they can be refused "
+            "is configuration a client cannot see"
+        )
     connection = context.connect(upgrade=False)
     try:
         user, password = context.user()
@@ -672,8 +689,9 @@ def utf8Headers(context: Context) -> Verdict:
     for message in maildrop.messages.values():
         content = message.content
         if content is not None and any(octet >= 0x80 for octet in _header(content)):
-            return failed(f"message {message.number} has 8-bit header fields and was sent "
-                          f"without UTF8 mode")
+            return failed(
+                f"message {message.number} has 8-bit header fields and was sent without UTF8 mode"
+            )
         if message.reply is not None and not message.reply.ok:
             refused.append(message)
     if not refused:
@@ -752,4 +770,3 @@ def last(context: Context) -> Verdict:
     if values != [b"0", b"%d" % number, b"0"]:
         return failed(f"LAST -> {first}; after RETR {number} -> {after}; after RSET -> {reset}")
     return passed(f"LAST 0, {number} after RETR {number}, 0 after RSET")
-

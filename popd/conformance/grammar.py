@@ -31,7 +31,7 @@ def _expectErrors(session: Session, lines: list[bytes], labels: list[str] | None
     @param labels: how to name each line in the report, when it holds a secret.
     """
     names = labels or [show(line) for line in lines]
-    for line, name in zip(lines, names):
+    for line, name in zip(lines, names, strict=True):
         try:
             reply = session.command(line)
             if reply.ok:
@@ -154,8 +154,10 @@ def firstLineLength(context: Context) -> Verdict:
     lines = _statusLines(context)
     long = [line for line in lines if len(line) > 512]
     if long:
-        return failed(f"{len(long)} status lines over 512 octets, e.g. {len(long[0])} octets: "
-                      f"{show(long[0], 40)!r}")
+        return failed(
+            f"{len(long)} status lines over 512 octets, e.g. {len(long[0])} octets: "
+            f"{show(long[0], 40)!r}"
+        )
     return passed(f"all {len(lines)} status lines of the run")
 
 
@@ -178,8 +180,10 @@ def longArgumentNotEchoed(context: Context) -> Verdict:
                 continue
             if len(reply.line) + 2 > 512:
                 session.drop()
-                return failed(f"{len(reply.line) + 2}-octet answer to a {len(line) + 2}-octet "
-                              f"command: {show(reply.line, 50)!r}")
+                return failed(
+                    f"{len(reply.line) + 2}-octet answer to a {len(line) + 2}-octet "
+                    f"command: {show(reply.line, 50)!r}"
+                )
             answers.append(f"{len(reply.line) + 2} octets")
     return passed("answers to 602-to-605-octet commands: " + ", ".join(answers))
 
@@ -205,8 +209,9 @@ def longArguments(context: Context) -> Verdict:
         connection.command(b"QUIT")
     finally:
         connection.close()
-    return passed("USER accepted names of " + " and ".join(str(len(n)) for n in names)
-                  + " characters")
+    return passed(
+        "USER accepted names of " + " and ".join(str(len(n)) for n in names) + " characters"
+    )
 
 
 def _transactionErrors(context: Context, lines: list[bytes]) -> Verdict:
@@ -354,8 +359,9 @@ def terminator(context: Context) -> Verdict:
     if log.badTerminators:
         return failed(f"terminator {show(log.badTerminators[0])!r} is not '.' CRLF")
     if log.unterminated:
-        return failed(f"{len(log.unterminated)} multi-line responses never ended: "
-                      f"{log.unterminated[0]}")
+        return failed(
+            f"{len(log.unterminated)} multi-line responses never ended: {log.unterminated[0]}"
+        )
     if not log.multilineResponses:
         raise Skip("no multi-line response was read")
     return passed(f"all {log.multilineResponses} multi-line responses of the run")
@@ -387,8 +393,9 @@ def dotStuffing(context: Context) -> Verdict:
         for number, line in enumerate(splitLines(body), 1):
             if line.startswith(b"."):
                 if not line.startswith(b".."):
-                    return failed(f"{show(command)}: line {number} {show(line)!r} was not "
-                                  f"byte-stuffed")
+                    return failed(
+                        f"{show(command)}: line {number} {show(line)!r} was not byte-stuffed"
+                    )
                 stuffed += 1
     if not stuffed:
         raise Skip("no retrieved message has a line starting with '.'")
@@ -404,9 +411,7 @@ def loneDot(context: Context) -> Verdict:
     """
     if context.log.desyncs:
         return failed(context.log.desyncs[0])
-    lone = sum(
-        1 for _, body in _bodies(context) for line in splitLines(body) if line == b"..\r\n"
-    )
+    lone = sum(1 for _, body in _bodies(context) for line in splitLines(body) if line == b"..\r\n")
     if not lone:
         raise Skip("no retrieved message has a line holding a lone '.'")
     return passed(f"{lone} lone '.' lines were sent as '..'")

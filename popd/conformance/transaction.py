@@ -128,8 +128,10 @@ def statAfterDele(context: Context) -> Verdict:
         _expect(session, b"DELE %d" % (number,), True)
         after = session.stat()
     if after != (count - 1, total - size):
-        return failed(f"STAT went from {count} {total} to {after[0]} {after[1]} after DELE of a "
-                      f"{size}-octet message")
+        return failed(
+            f"STAT went from {count} {total} to {after[0]} {after[1]} after DELE of a "
+            f"{size}-octet message"
+        )
     return passed(f"STAT {count} {total}, then {after[0]} {after[1]} after DELE {number}")
 
 
@@ -180,8 +182,10 @@ def nonexistentMessage(context: Context) -> Verdict:
         lines.append(b"DELE %d")
         for line in lines:
             _expect(session, line % (count + 1,), False)
-    return passed(f"-ERR for message {count + 1} of {count}: "
-                  + ", ".join(show(line.split()[0]) for line in lines))
+    return passed(
+        f"-ERR for message {count + 1} of {count}: "
+        + ", ".join(show(line.split()[0]) for line in lines)
+    )
 
 
 @check(19, "octetsReceived")
@@ -201,8 +205,10 @@ def octetsReceived(context: Context) -> Verdict:
         else:
             checked += 1
             if len(message.content) != message.size:
-                wrong.append(f"message {message.number}: LIST {message.size}, received "
-                             f"{len(message.content)}")
+                wrong.append(
+                    f"message {message.number}: LIST {message.size}, received "
+                    f"{len(message.content)}"
+                )
     if wrong:
         return failed(f"{len(wrong)} of {len(maildrop.messages)} messages: " + "; ".join(wrong[:3]))
     if not checked:
@@ -239,8 +245,7 @@ def retrSizeLine(context: Context) -> Verdict:
         if first.isdigit():
             shown += 1
             if int(first) != message.size:
-                return failed(f"RETR {message.number} -> {message.reply}; LIST says "
-                              f"{message.size}")
+                return failed(f"RETR {message.number} -> {message.reply}; LIST says {message.size}")
     if not shown:
         raise Skip("RETR answers carry no size")
     return passed(f"{shown} RETR answers state the LIST size")
@@ -264,8 +269,10 @@ def rsetUnmarks(context: Context) -> Verdict:
         if after != count:
             return failed(f"STAT says {after} messages after RSET, {count} before DELE")
         _expect(session, read % (number,), True)
-    return passed(f"DELE {number}, NOOP, {show(read.split()[0])} {number} -> -ERR; RSET; "
-                  f"{count} messages again and message {number} readable")
+    return passed(
+        f"DELE {number}, NOOP, {show(read.split()[0])} {number} -> -ERR; RSET; "
+        f"{count} messages again and message {number} readable"
+    )
 
 
 def _cleanLines(body: bytes) -> bool:
@@ -309,9 +316,11 @@ def headersAndLines(context: Context) -> Verdict:
                 if body is None:
                     return failed(f"{show(line)} -> {reply}")
                 if unstuff(body) != _expectedTop(content, lines):
-                    return failed(f"{show(line)} sent {len(unstuff(body))} octets, not the "
-                                  f"{len(_expectedTop(content, lines))} of RETR's header and "
-                                  f"first {lines} body lines")
+                    return failed(
+                        f"{show(line)} sent {len(unstuff(body))} octets, not the "
+                        f"{len(_expectedTop(content, lines))} of RETR's header and "
+                        f"first {lines} body lines"
+                    )
     return passed(f"TOP n 0, 1 and 100000 agree with RETR for {len(messages)} messages")
 
 
@@ -380,4 +389,3 @@ def stable(context: Context) -> Verdict:
             changed = [n for n in uids if again.get(n) != uids[n]]
             return failed(f"session {attempt + 1}: unique-ids of messages {changed[:5]} changed")
     return passed(f"{len(uids)} unique-ids unchanged over three sessions, one of them dropped")
-

@@ -58,11 +58,14 @@ def dropKeepsMessages(context: Context) -> Verdict:
     with context.session(scratch=True) as session:
         after = _snapshot(context, session)
     if after != before:
-        return failed(f"before: STAT {before[0]} {before[1]}; after DELE 1 and a dropped "
-                      f"connection: STAT {after[0]} {after[1]}"
-                      + ("" if after[3] == before[3] else ", unique-ids changed"))
-    return passed(f"{before[0]} messages, unique-ids unchanged after DELE 1 and a dropped "
-                  f"connection")
+        return failed(
+            f"before: STAT {before[0]} {before[1]}; after DELE 1 and a dropped "
+            f"connection: STAT {after[0]} {after[1]}"
+            + ("" if after[3] == before[3] else ", unique-ids changed")
+        )
+    return passed(
+        f"{before[0]} messages, unique-ids unchanged after DELE 1 and a dropped connection"
+    )
 
 
 @check(23, "quitRemovesMarked")
@@ -85,12 +88,16 @@ def quitRemovesMarked(context: Context) -> Verdict:
     with context.session(scratch=True) as session:
         afterCount, afterTotal = parseStat(session.command(b"STAT"))
         if (afterCount, afterTotal) != (count - 1, total - sizes[1]):
-            return failed(f"STAT {count} {total} before; after DELE 1 ({sizes[1]} octets) and "
-                          f"QUIT: STAT {afterCount} {afterTotal}")
+            return failed(
+                f"STAT {count} {total} before; after DELE 1 ({sizes[1]} octets) and "
+                f"QUIT: STAT {afterCount} {afterTotal}"
+            )
         if uids is not None:
             _, body = session.multiline(b"UIDL")
             remaining = list(parseUniqueIds(body or b"").values())
             if remaining != [uids[n] for n in sorted(uids) if n != 1]:
-                return failed("after QUIT, the unique-ids left are not those of the messages "
-                              "that were not deleted")
+                return failed(
+                    "after QUIT, the unique-ids left are not those of the messages "
+                    "that were not deleted"
+                )
     return passed(f"QUIT -> {reply}; {count} messages became {afterCount}, the others unchanged")
