@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from popd.memory import MemoryMailbox, MemoryRealm
 from popd.protocol import POP3ServerFactory, POP3ServerProtocol
+from popd.url import PopURL
 
 __all__ = ["HOST", "ReactorServer", "Server", "serve", "serveInReactor"]
 
@@ -201,6 +202,12 @@ class ReactorServer:
         _checkMessage(message)
         self._mailboxOf(user).deliver(message)
 
+    def url(self, user: str) -> str:
+        """
+        The POP URL (RFC 2384) of a user's maildrop here, for clients configured by URL.
+        """
+        return str(PopURL(self.host, self.port, user))
+
     def _mailboxOf(self, user: str) -> MemoryMailbox:
         try:
             return self._mailboxes[user]
@@ -358,6 +365,12 @@ class Server:
         @raise ValueError: when the server does not use TLS.
         """
         return self._server.sslContext()
+
+    def url(self, user: str) -> str:
+        """
+        The POP URL (RFC 2384) of a user's maildrop here, for clients configured by URL.
+        """
+        return self._server.url(user)
 
     def stop(self) -> None:
         """

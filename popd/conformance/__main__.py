@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from popd.conformance import Config, Security, run
+from popd.url import PopURL
 
 
 def parseArguments(argv: Sequence[str]) -> Config:
@@ -23,9 +24,15 @@ def parseArguments(argv: Sequence[str]) -> Config:
         "STANDARDS.md.  The main user's maildrop is only read; checks that delete, lock or "
         "UPDATE run only with a scratch user, and remove one of its messages per run.",
     )
+    parser.add_argument(
+        "url",
+        nargs="?",
+        help="the server and main user as a POP URL (RFC 2384), pop://user@host:port, "
+        "instead of --host, --port and --user",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     parser.add_argument("--port", type=int, help="default: 995 with --tls, else 110")
-    parser.add_argument("--user", required=True, help="the main user (read-only)")
+    parser.add_argument("--user", help="the main user (read-only)")
     parser.add_argument("--password", required=True)
     security = parser.add_mutually_exclusive_group()
     security.add_argument("--tls", action="store_true", help="implicit TLS (RFC 8314)")
@@ -51,6 +58,17 @@ def parseArguments(argv: Sequence[str]) -> Config:
         help="run only checks whose id starts with ID (R5, R22.stable); repeatable",
     )
     arguments = parser.parse_args(argv)
+    if arguments.url is not None:
+        try:
+            url = PopURL.fromString(arguments.url)
+        except ValueError as e:
+            parser.error(str(e))
+        if url.user is None:
+            parser.error("the POP URL names no user")
+        arguments.host, arguments.user = url.host, url.user
+        arguments.port = arguments.port or url.port
+    if arguments.user is None:
+        parser.error("give the main user, with --user or a POP URL")
     if (arguments.scratch_user is None) != (arguments.scratch_password is None):
         parser.error("--scratch-user and --scratch-password go together")
     if arguments.tls:
