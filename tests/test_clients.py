@@ -21,6 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import connectionDone
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 from twisted.mail.pop3 import AdvancedPOP3Client
 from twisted.python.failure import Failure
@@ -423,6 +424,23 @@ class TwistedClientTests(TestCase):
         await server.whenIdle()
         self.assertEqual(server.store.stored(USER), messages[1:])
 
+    async def test_startTLS(self) -> None:
+        """
+        R32: C{AdvancedPOP3Client.startTLS} upgrades with STLS, verifying popd's certificate;
+        the client then logs in (it refuses cleartext logins before) and retrieves.
+        """
+        server = await startServer(self, {USER: ORDINARY[:2]}, tls=True)
+        assert server.certificate is not None
+        authority = Certificate.loadPEM(server.certificate.certificate.getContent())
+        client = _Client()
+        await connectProtocol(TCP4ClientEndpoint(reactor, HOST, server.port), client)
+        await client.startTLS(optionsForClientTLS("localhost", trustRoot=authority))
+        await client.login(USER.encode(), PASSWORD.encode())
+        lines = await client.retrieve(1)
+        self.assertEqual(b"".join(line + CRLF for line in lines), canonical(ORDINARY[1]))
+        await client.quit()
+        await client.lost
+
 
 FETCHMAIL = "/usr/bin/fetchmail"
 MPOP = "/usr/bin/mpop"
@@ -546,10 +564,12 @@ class FetchmailTests(TestCase):
         self.delivered.makedirs()
         self.home.child("mda.py").setContent(_MDA.encode("ascii"))
 
-    def rcFile(self, port: int, serverOptions: str = "", userOptions: str = "") -> FilePath[str]:
+    def rcFile(
+        self, port: int, serverOptions: str = "", userOptions: str = "", tls: str = "sslproto ''"
+    ) -> FilePath[str]:
         """
-        Write a run-control file for L{USER} on C{port}: USER/PASS (C{auth password}), no
-        STLS (C{sslproto ''}), mail kept on the server, headers not rewritten.
+        Write a run-control file for L{USER} on C{port}: USER/PASS (C{auth password}), by
+        default no STLS (C{sslproto ''}), mail kept on the server, headers not rewritten.
         """
         mda = " ".join(
             shlex.quote(part)
@@ -562,7 +582,7 @@ class FetchmailTests(TestCase):
             f"poll {HOST} with service {port} protocol POP3 auth password timeout 30"
             f" {serverOptions}\n"
             f'    user "{USER}" there with password "{PASSWORD}"\n'
-            f"    options keep no rewrite sslproto '' {userOptions}\n"
+            f"    options keep no rewrite {tls} {userOptions}\n"
             f'    mda "{mda}"\n',
         )
 
@@ -571,6 +591,14 @@ class FetchmailTests(TestCase):
         Run fetchmail once.
 
         @return: its exit code: 0 when it delivered mail, 1 when there was none.
+        @raise FailTest: fetchmail failed.
+        """
+        return (await self.runFetchmail(rcFile)).code
+
+    async def runFetchmail(self, rcFile: FilePath[str]) -> ProcessResult:
+        """
+        Run fetchmail once, verbosely.
+
         @raise FailTest: fetchmail failed.
         """
         result = await runProcess(
@@ -585,7 +613,7 @@ class FetchmailTests(TestCase):
         )
         if result.code not in (0, 1):
             raise FailTest(f"fetchmail failed: {result.describe()}")
-        return result.code
+        return result
 
     async def test_fetchAll(self) -> None:
         """
@@ -621,6 +649,42 @@ class FetchmailTests(TestCase):
             readDelivered(self.delivered),
             [crlfToLF(canonical(m)) for m in ORDINARY[:3] + [late]],
         )
+
+    def trusting(self, server: RunningServer) -> str:
+        """
+        fetchmail options that verify popd's certificate (issued for C{localhost}).
+        """
+        assert server.certificate is not None
+        certificate = shlex.quote(server.certificate.certificate.path)
+        return f"sslcertck sslcertfile {certificate} sslcommonname localhost"
+
+    async def test_stls(self) -> None:
+        """
+        R32: fetchmail upgrades with STLS (C{sslproto tls1.2+}), verifies popd's certificate
+        and retrieves every message over TLS.
+        """
+        server = await startServer(self, {USER: ORDINARY}, tls=True)
+        rcFile = self.rcFile(
+            server.port, userOptions="fetchall", tls=f"sslproto tls1.2+ {self.trusting(server)}"
+        )
+        result = await self.runFetchmail(rcFile)
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertIn(b"STLS", result.out + result.err)
+        self.assertEqual(readDelivered(self.delivered), [crlfToLF(canonical(m)) for m in ORDINARY])
+
+    async def test_implicitTLS(self) -> None:
+        """
+        R35: fetchmail over implicit TLS (C{ssl}) retrieves every message.
+        """
+        server = await startServer(self, {USER: ORDINARY}, tls=True)
+        assert server.tlsPort is not None
+        rcFile = self.rcFile(
+            server.tlsPort, userOptions="fetchall", tls=f"ssl {self.trusting(server)}"
+        )
+        result = await self.runFetchmail(rcFile)
+        self.assertEqual(result.code, 0, result.describe())
+        self.assertNotIn(b"STLS", result.out + result.err)
+        self.assertEqual(readDelivered(self.delivered), [crlfToLF(canonical(m)) for m in ORDINARY])
 
 
 class MpopTests(TestCase):
