@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from hashlib import sha256
 from operator import itemgetter
 from typing import NamedTuple, TypeVar
-from urllib.parse import quote_from_bytes, unquote_to_bytes
+from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
@@ -99,12 +99,12 @@ _SEEN = "S"
 
 # O_NOFOLLOW: a symbolic link placed in a Maildir must not make popd read (or write over) a file
 # the Maildir's owner could not read, when popd runs with more privileges than that owner.
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO put in place of a file must not block the server (files ignore the flag).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 # UIDL migration (R22): the files in the Maildir root where the POP3 servers popd replaces kept
-# the UIDLs they handed out.  popd only ever reads them.
-_LEGACY_READ_FLAGS = _READ_FLAGS | os.O_NONBLOCK
-# Far more than the file of any real maildrop needs (some 100 octets a message).
+# the UIDLs they handed out.  popd only ever reads them, and at most this much of one: far more
+# than the file of any real maildrop needs (some 100 octets a message).
 _LEGACY_MAX_SIZE = 64 * 1024 * 1024
 
 
@@ -178,7 +178,13 @@ def validUsername(name: str) -> bool:
         return False
     local, at, domain = name.rpartition("@")
     parts = (local, domain) if at else (name,)
-    return all(part and not part.startswith(".") for part in parts)
+    if not all(part and not part.startswith(".") for part in parts):
+        return False
+    # Nor may a program that percent-decodes or NFKC-normalises the name find a path in it.
+    return all(
+        variant == name or validUsername(variant)
+        for variant in (unquote(name, errors="replace"), unicodedata.normalize("NFKC", name))
+    )
 
 
 def _confined(path: str, prefix: str) -> bool:
@@ -829,7 +835,7 @@ class Maildir:
         Read and parse the legacy file C{path} of the server C{kind}: see L{_legacyUidls}.
         """
         try:
-            fd = os.open(path, _LEGACY_READ_FLAGS)
+            fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             return {}
         except OSError as e:
@@ -946,6 +952,8 @@ class Maildir:
         try:
             fd = os.open(path, _READ_FLAGS)
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", path)
                 data = b"".join(iter(lambda: os.read(fd, _CHUNK), b""))
             finally:
                 os.close(fd)
@@ -970,7 +978,13 @@ class Maildir:
         try:
             fd = os.open(
                 temporary,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                # O_NONBLOCK: opening a FIFO put here fails (ENXIO) instead of blocking.
+                os.O_WRONLY
+                | os.O_CREAT
+                | os.O_TRUNC
+                | os.O_NOFOLLOW
+                | os.O_CLOEXEC
+                | os.O_NONBLOCK,
                 0o600,
             )
             with open(fd, "wb") as index:

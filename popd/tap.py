@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import resource
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -623,6 +624,7 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    raiseFileLimit()
     server = buildServer(options, reactor)
     workers = options["workers"] - 1
     service = MultiService()  # type: ignore[no-untyped-call]
@@ -644,6 +646,23 @@ def makeService(options: Options) -> IService:
         server.reloads.append(pool.hangup)
     ReloadOnHangup(cast(IReactorFromThreads, reactor), server.reloads).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
+
+
+def raiseFileLimit() -> None:
+    """
+    Raise the soft limit of open files to the hard one, where allowed: every connection takes
+    a descriptor, and distributions default to 1,024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError) as e:
+        _log.warn("Could not raise the open file limit from {soft}: {error}", soft=soft, error=e)
+        return
+    _log.info("Raised the open file limit from {soft} to {wanted}", soft=soft, wanted=wanted)
 
 
 class ReloadOnHangup(Service):

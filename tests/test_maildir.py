@@ -197,15 +197,16 @@ class ValidUsernameTests(SynchronousTestCase):
 
     def test_valid(self) -> None:
         """
-        Ordinary names, with or without a domain, non-ASCII letters and a literal C{%2e%2e}
-        (which is never percent-decoded) are valid, up to 255 octets.
+        Ordinary names, with or without a domain, non-ASCII letters and a percent sign that
+        decodes to nothing dangerous are valid, up to 255 octets.
         """
         for name in [
             "bob",
             "bob@example.com",
             "b.o-b_1+tag@mail.example.com",
             "jos\u00e9@exampl\u00e9.fr",
-            "%2e%2e",
+            "user%example.org",
+            "%41lice",
             "a..b",
             "x" * 255,
             "\u00e9" * 127,
@@ -350,12 +351,17 @@ class RealmTests(_MaildirTestCase):
         self.addCleanup(result[2])
         self.assertTrue(os.path.isdir(os.path.join(self.root, "user-bob", "cur")))
 
-    def test_literalPercentEncoding(self) -> None:
+    def test_encodedTraversal(self) -> None:
         """
-        C{%2e%2e} is a harmless literal name: it is never percent-decoded into C{..}.
+        A name that another program could decode into a path, by percent-decoding (C{%2e%2e},
+        C{%2fetc}) or Unicode normalisation (fullwidth dots and slashes), is refused and
+        creates nothing.
         """
-        self.login(b"%2e%2e")
-        self.assertEqual(os.listdir(self.root), ["%2e%2e"])
+        for name in ["%2e%2e", "%2E%2E%2Fevil", "%2fetc", "%00bob", "\uff0e\uff0e", "a\uff0fb"]:
+            self.assertFalse(validUsername(name), name)
+            self.failureResultOf(
+                self.realm.requestAvatar(name.encode("utf-8"), None, IMaildrop), UnauthorizedLogin
+            )
         self.assertEqual(os.listdir(self.top), ["mail"])
 
     def test_invalidNames(self) -> None:
