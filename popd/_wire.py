@@ -81,7 +81,10 @@ class MessageEncoder:
             self._heldCarriageReturn = True
             if not chunk:
                 return b""
-        lines = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        # Maildirs store LF line ends: this is usually the only copy made.
+        lines = chunk.replace(b"\n", b"\r\n")
         if self._bodyLinesLeft is not None:
             lines = self._limitLines(lines)
         stuffed = lines.replace(b"\r\n.", b"\r\n..")
@@ -130,6 +133,22 @@ class MessageEncoder:
                 self.done = True
                 self._heldCarriageReturn = False
                 return lines[:position]
+
+
+def headerEnd(message: bytes) -> int:
+    """
+    Find the end of the header section at the start of a stored message: the blank line (LF
+    or CRLF) that ends it.
+
+    @return: the offset of the line end before the blank line (0 when the message starts with
+        one), or -1 when the header section does not end in C{message}.
+    """
+    if message.startswith((b"\n", b"\r\n")):
+        return 0
+    end = message.find(b"\n\n")
+    # Only a CRLF blank line that starts before that one matters.
+    crlfEnd = message.find(b"\n\r\n", 0, len(message) if end < 0 else end + 2)
+    return end if crlfEnd < 0 else crlfEnd
 
 
 def parseNumber(argument: bytes) -> int | None:

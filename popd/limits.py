@@ -1,7 +1,7 @@
 """
 The bookkeeping behind popd's abuse limits, shared by all connections of a factory: how many
-connections a peer or a user holds, how long a peer's failed logins must wait, and when each
-user last logged in (RFC 2449 LOGIN-DELAY).
+connections a peer or a user holds, how long a peer's failed logins must wait, when each user
+last logged in (RFC 2449 LOGIN-DELAY), and which connections have been idle too long.
 
 Everything here is in memory and per process, bounded in size, and driven by an explicit clock
 so that tests need no waiting.
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 _K = TypeVar("_K", bound=Hashable)
 
@@ -125,3 +127,87 @@ class LoginDelay(Generic[_K]):
             return False
         self._logins.set(key, 1)
         return True
+
+
+class IdleTimeouts(Generic[_K]):
+    """
+    Expires connections (or anything hashable) that stay idle too long, with one timer for all
+    of them.
+
+    L{TimeoutMixin<twisted.protocols.policies.TimeoutMixin>} keeps a C{DelayedCall} per
+    connection, about half a KiB each: more than the rest of an idle connection.  Here a
+    connection costs one entry in a dict.  Keys watched with the same timeout reach their
+    deadlines in the order of their last activity, so one dict per timeout, where activity moves
+    a key to the end, stays sorted by deadline; the one timer waits for the earliest first
+    deadline, and a key touched meanwhile only makes it wake up early once.
+    """
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[_K], object]) -> None:
+        """
+        @param expired: called with each key whose time is up, which is no longer watched then.
+        """
+        self._clock = clock
+        self._expired = expired
+        # For each timeout, the keys watched with it and their deadlines, in deadline order.
+        self._watched: dict[float, dict[_K, float]] = {}
+        self._timer: IDelayedCall | None = None
+
+    def watch(self, key: _K, timeout: float) -> None:
+        """
+        Start the countdown of C{key}, or restart it with a new timeout: unless touched, it
+        expires C{timeout} seconds from now.
+        """
+        self.forget(key)
+        deadline = self._clock.seconds() + timeout
+        self._watched.setdefault(timeout, {})[key] = deadline
+        if self._timer is None or deadline < self._timer.getTime():
+            self._wakeUpAt(deadline)
+
+    def touch(self, key: _K) -> None:
+        """
+        Restart the countdown of C{key}, if it is watched.
+        """
+        for timeout, keys in self._watched.items():
+            if keys.pop(key, None) is not None:
+                keys[key] = self._clock.seconds() + timeout
+                return
+
+    def forget(self, key: _K) -> None:
+        """
+        Stop watching C{key}, if it is watched.
+        """
+        for timeout, keys in self._watched.items():
+            if keys.pop(key, None) is not None:
+                if not keys:
+                    del self._watched[timeout]
+                break
+        if not self._watched and self._timer is not None:
+            # Nothing left to wait for: leave no call pending in the reactor.
+            self._timer.cancel()
+            self._timer = None
+
+    def watching(self, key: _K) -> bool:
+        return any(key in keys for keys in self._watched.values())
+
+    def _wakeUpAt(self, deadline: float) -> None:
+        delay = max(0.0, deadline - self._clock.seconds())
+        if self._timer is None:
+            self._timer = self._clock.callLater(delay, self._expire)
+        else:
+            self._timer.reset(delay)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        expired = []
+        for keys in self._watched.values():
+            for key, deadline in keys.items():
+                if deadline > now:
+                    break
+                expired.append(key)
+        for key in expired:
+            self.forget(key)
+        if self._watched:
+            self._wakeUpAt(min(next(iter(keys.values())) for keys in self._watched.values()))
+        for key in expired:
+            self._expired(key)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import binascii
 import enum
 import ipaddress
-import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from operator import attrgetter, methodcaller
 from typing import Any, cast
 
 from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, UsernamePassword
@@ -40,15 +41,14 @@ from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popd._wire import MessageEncoder, parseNumber
+from popd._wire import CRLF, MessageEncoder, headerEnd, parseNumber
 from popd.credentials import APOPCredentials
 from popd.errors import MaildropInUse, MessageGone, PermanentFailure, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
-from popd.limits import ConcurrencyLimit, FailurePenalty, LoginDelay
+from popd.limits import ConcurrencyLimit, FailurePenalty, IdleTimeouts, LoginDelay
 from popd.metrics import Metrics
 from popd.sasl import Challenge, ISASLExchange, ISASLMechanism, MalformedResponse, mechanismsFor
 from popd.twistedmail import IMailbox, MailboxMaildrop
@@ -59,8 +59,9 @@ CHUNK_SIZE = 64 * 1024
 #: The languages of response texts (RFC 6856 LANG): tag and description.
 LANGUAGES = {b"en": b"English"}
 
-_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
-_HEADER_END = re.compile(rb"(?:^|\n)\r?\n")
+# The values of C{LIST} and C{UIDL} lines.
+_SIZE: Callable[[MessageInfo], object] = attrgetter("size")
+_UIDL: Callable[[MessageInfo], object] = attrgetter("uidl")
 
 
 class State(enum.Enum):
@@ -132,61 +133,73 @@ def _isLoopback(address: object) -> bool:
     return False
 
 
-def _readHeader(message: IMessage, limit: int = CHUNK_SIZE) -> Deferred[bytes]:
-    """
-    Read the start of a message: at least its header section, or C{limit} octets when the
-    header is longer, or the whole message when it is shorter.
-    """
-    head: list[bytes] = []
-
-    def received(chunk: bytes) -> bytes | Deferred[bytes]:
-        head.append(chunk)
-        data = b"".join(head)
-        if not chunk or len(data) >= limit or _HEADER_END.search(data):
-            return data
-        return message.read(CHUNK_SIZE).addCallback(received)
-
-    return message.read(CHUNK_SIZE).addCallback(received)
-
-
 @implementer(IPushProducer)
 class _MessageSender:
     """
     Streams one message from the store to the transport, encoding it on the way, and honours
     back-pressure: memory stays flat for any message size.
+
+    Outside UTF-8 mode it reads the header section before it sends anything, and refuses a
+    message with raw 8-bit octets there: a client that did not ask for UTF-8 header fields may
+    not be able to read them (RFC 6856 section 2, rule R36).
     """
+
+    __slots__ = (
+        "_transport",
+        "_message",
+        "_first",
+        "_encoder",
+        "_progress",
+        "_head",
+        "_paused",
+        "_reading",
+        "_looping",
+        "_finished",
+        "begun",
+        "done",
+    )
 
     def __init__(
         self,
         transport: ITransport,
         message: IMessage,
+        first: bytes,
         encoder: MessageEncoder,
         progress: Callable[[int], None],
+        checkHeader: bool,
     ) -> None:
+        """
+        @param first: the status line that precedes the message, without its CRLF.
+        @param progress: called with the number of octets of each piece of message written.
+        @param checkHeader: whether to refuse a message with 8-bit octets in its header.
+        """
         self._transport = transport
         self._message = message
+        self._first = first
         self._encoder = encoder
         self._progress = progress
+        # While the header is checked: the start of the message read so far.
+        self._head: bytes | None = b"" if checkHeader else None
         self._paused = False
         self._reading = False
         self._looping = False
         self._finished = False
-        self.done: Deferred[None] = Deferred()
+        #: Whether the status line is out: from then on, only the whole message can follow.
+        self.begun = False
+        #: Fires with C{True} once the terminator is written, or C{False} when the message was
+        #: refused for its header (nothing was written); fails when the store failed.
+        self.done: Deferred[bool] = Deferred()
 
-    def start(self, head: bytes) -> Deferred[None]:
+    def start(self) -> Deferred[bool]:
         """
         Start streaming.
 
-        @param head: the start of the message, already read from it.
-        @return: a L{Deferred} that fires once the terminator is written, or fails when the
-            store failed mid-message (nothing can be said to the client then).
+        @return: L{done}.
         """
         cast(IConsumer, self._transport).registerProducer(self, True)
-        if head:
-            self._reading = True
-            self._received(head)
-        else:
-            self._readNext()
+        if self._head is None:
+            self._begin(b"")
+        self._readNext()
         return self.done
 
     def _readNext(self) -> None:
@@ -203,17 +216,42 @@ class _MessageSender:
         self._reading = False
         if self._finished:
             return
-        if chunk:
-            encoded = self._encoder.encode(chunk)
-            if encoded:
-                self._transport.write(encoded)
-                self._progress(len(encoded))
+        if self._head is not None:
+            head = self._head + chunk
+            end = headerEnd(head)
+            if end < 0 and chunk and len(head) < CHUNK_SIZE:
+                # Read on: the header section has not ended yet.
+                self._head = head
+                self._readAgain()
+                return
+            self._head = None
+            if not (head[:end] if end >= 0 else head).isascii():
+                self._end()
+                self.done.callback(False)
+                return
+            chunk = head
+        encoded = self._encoder.encode(chunk)
+        if not self.begun:
+            # The status line and the start of the message go out in one write.
+            self._begin(encoded)
+        elif encoded:
+            self._transport.write(encoded)
+        if encoded:
+            self._progress(len(encoded))
         if not chunk or self._encoder.done:
             self._transport.write(self._encoder.finish())
             self._end()
-            self.done.callback(None)
-        elif not self._looping:
+            self.done.callback(True)
+        else:
+            self._readAgain()
+
+    def _readAgain(self) -> None:
+        if not self._looping:
             self._readNext()
+
+    def _begin(self, encoded: bytes) -> None:
+        self.begun = True
+        self._transport.write(self._first + CRLF + encoded)
 
     def _failed(self, reason: Failure) -> None:
         self._reading = False
@@ -244,16 +282,83 @@ class _SessionStatistics:
     What a session did, for its summary log line.
     """
 
+    __slots__ = ("started", "outcome", "mechanism", "retrieved", "topped", "deleted", "octetsSent")
+
     def __init__(self) -> None:
+        self.started = 0.0
+        self.outcome = "disconnected"
+        self.mechanism = "-"
         self.retrieved = 0
         self.topped = 0
         self.deleted = 0
         self.octetsSent = 0
-        self.outcome = "disconnected"
-        self.mechanism = "-"
 
 
-class POP3ServerProtocol(LineReceiver, TimeoutMixin):
+_NO_MARKS: frozenset[int] = frozenset()
+_NO_COMMANDS: frozenset[bytes] = frozenset()
+
+
+class _Transaction:
+    """
+    What a session works on in the TRANSACTION state: the listing of its maildrop, taken at
+    login, which fixes the message numbers (RFC 1939 section 4), and the marks the session made
+    on it.
+
+    @ivar deleted: the indices of the messages marked deleted.
+    @ivar retrieved: the indices of the messages retrieved (RSET does not clear these).
+    @ivar highestAccessed: the highest message number retrieved or deleted since the last
+        RSET, for C{LAST}.
+    """
+
+    __slots__ = ("listing", "_octets", "deleted", "retrieved", "highestAccessed")
+
+    def __init__(self, listing: Sequence[MessageInfo]) -> None:
+        self.listing = listing
+        self._octets = sum(info.size for info in listing)
+        # Sets are made at the first mark: an idle session holds none.
+        self.deleted: AbstractSet[int] = _NO_MARKS
+        self.retrieved: AbstractSet[int] = _NO_MARKS
+        self.highestAccessed = 0
+
+    def delete(self, index: int) -> None:
+        deleted = self.deleted
+        if not isinstance(deleted, set):
+            deleted = self.deleted = set()
+        deleted.add(index)
+        self.highestAccessed = max(self.highestAccessed, index + 1)
+
+    def retrieve(self, index: int) -> None:
+        retrieved = self.retrieved
+        if not isinstance(retrieved, set):
+            retrieved = self.retrieved = set()
+        retrieved.add(index)
+        self.highestAccessed = max(self.highestAccessed, index + 1)
+
+    def reset(self) -> None:
+        self.deleted = _NO_MARKS
+        self.highestAccessed = 0
+
+    def totals(self) -> tuple[int, int]:
+        """
+        @return: the number of messages not marked deleted, and their octets.
+        """
+        listing, deleted = self.listing, self.deleted
+        return len(listing) - len(deleted), self._octets - sum(listing[i].size for i in deleted)
+
+    def scanListing(self, template: bytes, field: Callable[[MessageInfo], object]) -> list[bytes]:
+        """
+        The scan listing lines of the messages not marked deleted, in order (rule R18).
+
+        @param template: formats a message number and the value of C{field} for it.
+        """
+        numbered: Iterable[tuple[int, object]] = enumerate(map(field, self.listing), 1)
+        deleted = self.deleted
+        if deleted:
+            numbered = ((n, value) for n, value in numbered if n - 1 not in deleted)
+        return list(map(template.__mod__, numbered))
+
+
+class POP3ServerProtocol(LineReceiver):
     """
     One POP3 session.
 
@@ -268,60 +373,65 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     factory: POP3ServerFactory
 
     def __init__(self) -> None:
+        # Every attribute is set here, LineReceiver's too.  CPython 3.11 stores the attributes
+        # of an instance compactly, 8 octets each, only under names that the first few
+        # instances of its class set; an instance that sets any other name gets a full
+        # dictionary, 1.3 KiB more.  A server that accepts many connections before the first
+        # line arrives would otherwise learn the line buffer's names too late.
+        self.connected = 0
+        self.transport = None
+        self.paused = False
+        self._busyReceiving = False
+        self.clearLineBuffer()
         self.state = State.AUTHORIZATION
         self._user: bytes | None = None
         self._maildrop: IMaildrop | None = None
         self._logout: Callable[[], None] | None = None
-        self._listing: Sequence[MessageInfo] = ()
-        self._deleted: set[int] = set()
-        self._retrieved: set[int] = set()
+        # The user whose session slot this connection holds.
+        self._sessionUser: bytes | None = None
+        self._transaction: _Transaction | None = None
         self._utf8 = False
         self._peerKey: str | None = None
-        self._sessionUser: bytes | None = None
-        self._highestAccessed = 0
         self._secure = False
         self._apopTimestamp: bytes | None = None
         self._saslExchange: ISASLExchange | None = None
         self._authFailures = 0
         self._badCommands = 0
-        self._gone = False
         self._commandPending = False
         self._discardingLongLine = False
         self._overflow: bytes | None = None
         self._sender: _MessageSender | None = None
-        self._started = 0.0
-        self._statistics = _SessionStatistics()
         # What this connection does not offer of the commands popd knows.
-        self._unavailable: frozenset[bytes] = frozenset()
+        self._unavailable = _NO_COMMANDS
+        self._statistics = _SessionStatistics()
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        """
+        LineReceiver's limit, which does not count the LF; the factory's does.
+        """
+        return self.factory.maxLineLength - 1
 
     # Connection life
 
     def connectionMade(self) -> None:
         factory = self.factory
         factory.metrics.connected()
-        self.MAX_LENGTH = factory.maxLineLength - 1
-        self._started = factory.reactor.seconds()
+        self._statistics.started = factory.reactor.seconds()
         self._secure = _isTLS(self.transport)
         if ITCPTransport.providedBy(self.transport):
             # Responses are written whole; Nagle's algorithm would only delay them.
             self._transport.setTcpNoDelay(True)
-        unavailable = set()
-        if not factory.enableLast:
-            unavailable.add(b"LAST")
-        if not factory.canStartTLS(self._transport):
-            unavailable.add(b"STLS")
-        if factory.apopAvailable():
+        self._unavailable = factory.unavailableCommands(self._transport)
+        if b"APOP" in self._unavailable:
+            greeting = b"+OK POP3 server ready."
+        else:
             self._apopTimestamp = b"<%s.%d@%s>" % (
                 secrets.token_hex(16).encode("ascii"),
                 int(time.time()),
                 factory.hostname,
             )
             greeting = b"+OK POP3 server ready " + self._apopTimestamp
-        else:
-            unavailable.add(b"APOP")
-            greeting = b"+OK POP3 server ready."
-        self._unavailable = frozenset(unavailable)
-        self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
         peer = self._transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
             if not factory.peerConnections.acquire(peer.host):
@@ -330,12 +440,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 self._transport.loseConnection()
                 return
             self._peerKey = peer.host
-        self.setTimeout(factory.authorizationTimeout)
+        factory.idleTimeouts.watch(self, factory.authorizationTimeout)
         self.sendLine(greeting)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._gone = True
-        self.setTimeout(None)
+        self.connected = 0
+        self.factory.idleTimeouts.forget(self)
         if self._peerKey is not None:
             self.factory.peerConnections.release(self._peerKey)
             self._peerKey = None
@@ -343,8 +453,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self._sender.stopProducing()
         # Any end but QUIT in TRANSACTION removes nothing (rule R24).
         self._releaseMaildrop()
-        elapsed = self.factory.reactor.seconds() - self._started
         stats = self._statistics
+        elapsed = self.factory.reactor.seconds() - stats.started
         self.factory.metrics.sessionEnded(stats.outcome, elapsed)
         self._log.info(
             "session end: user={user} peer={peer} tls={tls} auth={mechanism} outcome={outcome}"
@@ -362,9 +472,19 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         )
 
     def timeoutConnection(self) -> None:
+        """
+        Called when the connection has been idle too long: before login, the factory's
+        C{authorizationTimeout} seconds, then its C{timeout} seconds.
+        """
         # RFC 1939 section 3: close without a response and without UPDATE (rule R8).
         self._statistics.outcome = "timeout"
         self._transport.abortConnection()
+
+    def resetTimeout(self) -> None:
+        """
+        Restart the idle countdown: the client is active.
+        """
+        self.factory.idleTimeouts.touch(self)
 
     def _releaseMaildrop(self) -> None:
         maildrop, logout = self._maildrop, self._logout
@@ -414,14 +534,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             return
         keyword, _, argument = line.partition(b" ")
         keyword = keyword.upper()
-        if keyword in self._unavailable:
-            command, known = None, False
-        else:
-            command, known = _COMMANDS[self.state].get(keyword), keyword in _KNOWN_COMMANDS
         # Only keywords popd knows become metric labels: clients cannot create new series.
-        self.factory.metrics.commands[keyword.decode("ascii") if known else "unknown"] += 1
+        label = None if keyword in self._unavailable else _KNOWN_COMMANDS.get(keyword)
+        self.factory.metrics.commands[label or "unknown"] += 1
+        command = _COMMANDS[self.state].get(keyword) if label else None
         if command is None:
-            self._badCommand(Response.WRONG_STATE if known else Response.UNKNOWN)
+            self._badCommand(Response.WRONG_STATE if label else Response.UNKNOWN)
             return
         self._runCommand(keyword, command, argument)
 
@@ -434,7 +552,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             return
         if result is not None:
             self._commandPending = True
-            result.addErrback(self._unexpectedFailure).addBoth(self._commandDone)
+            result.addBoth(self._commandDone)
             if self._commandPending:
                 # Read no further line until this command has answered (rule R26).
                 self.pauseProducing()
@@ -452,17 +570,16 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         """
         Whether the session is over or ending: an answer that arrives now goes nowhere.
         """
-        return self._gone or bool(getattr(self._transport, "disconnecting", False))
+        return not self.connected or bool(getattr(self._transport, "disconnecting", False))
 
-    def _commandDone(self, ignored: object) -> None:
+    def _commandDone(self, result: object) -> None:
         self._commandPending = False
+        if isinstance(result, Failure):
+            self._log.failure("command failed", failure=result)
+            if not self._closing():
+                self.sendLine(Response.SYS_TEMP)
         if self.paused and not self._closing():
             self.resumeProducing()
-
-    def _unexpectedFailure(self, reason: Failure) -> None:
-        self._log.failure("command failed", failure=reason)
-        if not self._closing():
-            self.sendLine(Response.SYS_TEMP)
 
     def _badCommand(self, response: bytes) -> None:
         """
@@ -662,11 +779,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return maildrop.listing().addCallback(self._listed)
 
     def _listed(self, listing: Sequence[MessageInfo]) -> None:
-        self.factory.metrics.logins["success"] += 1
-        self._listing = listing
+        factory = self.factory
+        factory.metrics.logins["success"] += 1
+        self._transaction = _Transaction(listing)
         self.state = State.TRANSACTION
         self._statistics.outcome = "logged in"
-        self.setTimeout(self.factory.timeout)
+        factory.idleTimeouts.watch(self, factory.timeout)
         self.sendLine(b"+OK Logged in.")
 
     def _loginFailed(self, reason: Failure) -> Deferred[Any] | None:
@@ -771,28 +889,32 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             return None
         # UPDATE (RFC 1939 section 6): the only way marked messages are removed (rule R23).
         self.state = State.UPDATE
-        self._statistics.deleted = len(self._deleted)
-        removed = self._deleted | self._expired()
+        transaction = self._transaction
+        assert transaction is not None
+        self._statistics.deleted = len(transaction.deleted)
+        removed = transaction.deleted | self._expired()
         assert self._maildrop is not None
-        d = self._maildrop.commit(sorted(removed), sorted(self._retrieved - removed))
+        d = self._maildrop.commit(sorted(removed), sorted(transaction.retrieved - removed))
         d.addCallbacks(self._committed, self._commitFailed, callbackArgs=(len(removed),))
         return d
 
-    def _expired(self) -> set[int]:
+    def _expired(self) -> AbstractSet[int]:
         """
         The messages the EXPIRE policy removes at this UPDATE (RFC 2449 section 6.7, rule R29):
         those retrieved at least the policy's days ago, and with EXPIRE 0 those retrieved in
         this session.  A message never retrieved never expires.
         """
+        transaction = self._transaction
+        assert transaction is not None
         days = self.factory.expireDays
         if days is None:
-            return set()
+            return _NO_MARKS
         if days == 0:
-            return set(self._retrieved)
+            return transaction.retrieved
         cutoff = self.factory.reactor.seconds() - days * 86400
         return {
             index
-            for index, info in enumerate(self._listing)
+            for index, info in enumerate(transaction.listing)
             if info.retrievedAt is not None and info.retrievedAt <= cutoff
         }
 
@@ -828,10 +950,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if number is None:
             self._badCommand(Response.SYNTAX)
             return None
-        if not 1 <= number <= len(self._listing):
+        transaction = self._transaction
+        assert transaction is not None
+        if not 1 <= number <= len(transaction.listing):
             self.sendLine(Response.NO_SUCH_MESSAGE)
             return None
-        if number - 1 in self._deleted:
+        if number - 1 in transaction.deleted:
             self.sendLine(Response.DELETED)
             return None
         return number - 1
@@ -842,44 +966,45 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             return False
         return True
 
-    def _visible(self) -> list[tuple[int, MessageInfo]]:
-        return [(i, info) for i, info in enumerate(self._listing) if i not in self._deleted]
-
     def do_STAT(self, argument: bytes) -> None:
         if self._noArgument(argument):
-            visible = self._visible()
-            total = sum(info.size for _, info in visible)
-            self.sendLine(b"+OK %d %d" % (len(visible), total))
+            assert self._transaction is not None
+            self.sendLine(b"+OK %d %d" % self._transaction.totals())
 
     def do_LIST(self, argument: bytes) -> None:
-        self._scanListing(argument, lambda info: b"%d" % (info.size,))
+        self._scanListing(argument, b"%d %d", _SIZE)
 
     def do_UIDL(self, argument: bytes) -> None:
-        self._scanListing(argument, lambda info: info.uidl)
+        self._scanListing(argument, b"%d %s", _UIDL)
 
-    def _scanListing(self, argument: bytes, value: Callable[[MessageInfo], bytes]) -> None:
+    def _scanListing(
+        self, argument: bytes, template: bytes, field: Callable[[MessageInfo], object]
+    ) -> None:
         """
         Answer C{LIST} or C{UIDL}: one message's line with an argument, every undeleted
         message's otherwise (rules R18, R22).
+
+        @param template: formats a message number and the value of C{field} for it.
         """
+        transaction = self._transaction
+        assert transaction is not None
         if not argument:
-            visible = self._visible()
-            lines = [b"%d %s" % (i + 1, value(info)) for i, info in visible]
-            total = sum(info.size for _, info in visible)
-            self._sendMultiline(b"+OK %d messages (%d octets)" % (len(visible), total), lines)
+            lines = transaction.scanListing(template, field)
+            first = b"+OK %d messages (%d octets)" % transaction.totals()
+            self._sendMultiline(first, lines)
             return
         index = self._messageIndex(argument)
         if index is not None:
-            self.sendLine(b"+OK %d %s" % (index + 1, value(self._listing[index])))
+            self.sendLine(b"+OK " + template % (index + 1, field(transaction.listing[index])))
 
     def do_RETR(self, argument: bytes) -> Deferred[Any] | None:
         index = self._messageIndex(argument)
         if index is None:
             return None
+        assert self._transaction is not None
         self._statistics.retrieved += 1
-        self._retrieved.add(index)
-        self._highestAccessed = max(self._highestAccessed, index + 1)
-        first = b"+OK %d octets" % (self._listing[index].size,)
+        self._transaction.retrieve(index)
+        first = b"+OK %d octets" % (self._transaction.listing[index].size,)
         return self._sendMessage(index, first, MessageEncoder())
 
     def do_TOP(self, argument: bytes) -> Deferred[Any] | None:
@@ -902,52 +1027,38 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def _startSending(
         self, message: IMessage, first: bytes, encoder: MessageEncoder
-    ) -> Deferred[Any]:
-        if self._utf8:
-            return self._stream(message, first, encoder, b"")
-        return _readHeader(message).addCallback(self._checkedHeader, message, first, encoder)
-
-    def _checkedHeader(
-        self, head: bytes, message: IMessage, first: bytes, encoder: MessageEncoder
     ) -> Deferred[None] | None:
         """
-        Refuse a message with raw UTF-8 header fields outside UTF8 mode: a client that did not
-        ask for them may not be able to read them (RFC 6856 section 2, rule R36).
-        """
-        end = _HEADER_END.search(head)
-        if _EIGHT_BIT.search(head, 0, end.start() if end else len(head)):
-            message.close()
-            self.sendLine(Response.UTF8_HEADERS)
-            return None
-        return self._stream(message, first, encoder, head)
-
-    def _stream(
-        self, message: IMessage, first: bytes, encoder: MessageEncoder, head: bytes
-    ) -> Deferred[None]:
-        """
-        Send the C{+OK} line, then the message, starting with C{head} already read from it.
+        Send the C{first} line, then the message.
         """
         if self._closing():
             message.close()
-            return defer.succeed(None)
-        self.sendLine(first)
+            return None
+        sender = _MessageSender(
+            self._transport, message, first, encoder, self._messageProgress, not self._utf8
+        )
+        self._sender = sender
+        return sender.start().addBoth(self._sent, sender)
 
-        def progress(octets: int) -> None:
-            self._statistics.octetsSent += octets
-            self.factory.metrics.octetsSent += octets
-            self.resetTimeout()
+    def _messageProgress(self, octets: int) -> None:
+        self._statistics.octetsSent += octets
+        self.factory.metrics.octetsSent += octets
+        self.resetTimeout()
 
-        self._sender = _MessageSender(self._transport, message, encoder, progress)
-        return self._sender.start(head).addBoth(self._sent)
-
-    def _sent(self, result: object) -> None:
+    def _sent(self, result: bool | Failure, sender: _MessageSender) -> Failure | None:
         self._sender = None
         if isinstance(result, Failure):
+            if not sender.begun:
+                # Nothing was sent: answered as any command that failed.
+                return result
             # The +OK is out and the message is incomplete: nothing said now could be told
             # apart from message content, so the only honest answer is to drop the connection.
             self._log.failure("reading a message failed", failure=result)
             self._statistics.outcome = "store failure"
             self._transport.abortConnection()
+        elif not result:
+            self.sendLine(Response.UTF8_HEADERS)
+        return None
 
     def _openFailed(self, reason: Failure) -> None:
         if reason.check(MessageGone):
@@ -963,8 +1074,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         index = self._messageIndex(argument)
         if index is not None:
             # Only a mark: the message is removed at QUIT, if the session gets there (R20).
-            self._deleted.add(index)
-            self._highestAccessed = max(self._highestAccessed, index + 1)
+            assert self._transaction is not None
+            self._transaction.delete(index)
             self.sendLine(b"+OK Message %d deleted." % (index + 1,))
 
     def do_NOOP(self, argument: bytes) -> None:
@@ -973,14 +1084,15 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def do_RSET(self, argument: bytes) -> None:
         if self._noArgument(argument):
-            self._deleted.clear()
-            self._highestAccessed = 0
-            self.sendLine(b"+OK %d messages." % (len(self._listing),))
+            assert self._transaction is not None
+            self._transaction.reset()
+            self.sendLine(b"+OK %d messages." % (len(self._transaction.listing),))
 
     def do_LAST(self, argument: bytes) -> None:
         # RFC 1460, removed from the standard: only behind --enable-last, never in CAPA (R38).
         if self._noArgument(argument):
-            self.sendLine(b"+OK %d" % (self._highestAccessed,))
+            assert self._transaction is not None
+            self.sendLine(b"+OK %d" % (self._transaction.highestAccessed,))
 
 
 _Command = Callable[[POP3ServerProtocol, bytes], "Deferred[Any] | None"]
@@ -1015,8 +1127,11 @@ _COMMANDS: dict[State, dict[bytes, _Command]] = {
     State.UPDATE: {},
 }
 
-# Commands of some state: answered "not valid in this state" rather than "unknown" elsewhere.
-_KNOWN_COMMANDS = frozenset(keyword for table in _COMMANDS.values() for keyword in table)
+# Commands of some state, with their metric labels: answered "not valid in this state" rather
+# than "unknown" elsewhere.
+_KNOWN_COMMANDS = {
+    keyword: keyword.decode("ascii") for table in _COMMANDS.values() for keyword in table
+}
 
 
 class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
@@ -1043,6 +1158,8 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
     @ivar penalty: the growing delay of each peer's failed logins, from C{authFailureDelay}
         up to C{maxAuthFailureDelay}.
     @ivar loginDelay: the LOGIN-DELAY policy (RFC 2449 section 6.5), if any.
+    @ivar idleTimeouts: closes connections idle for longer than C{authorizationTimeout} or
+        C{timeout}.
     @ivar hostname: the host part of the APOP timestamp.
     """
 
@@ -1099,7 +1216,11 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
             None if loginDelay is None else LoginDelay(loginDelay, reactor.seconds)
         )
         self.reactor = reactor
+        self.idleTimeouts: IdleTimeouts[POP3ServerProtocol] = IdleTimeouts(
+            reactor, methodcaller("timeoutConnection")
+        )
         self.hostname = socket.gethostname().encode("ascii", "replace")
+        self._unavailableCommands: dict[tuple[bool, bool, bool], frozenset[bytes]] = {}
 
     def canStartTLS(self, transport: ITransport) -> bool:
         """
@@ -1110,6 +1231,20 @@ class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
             and ITLSTransport.providedBy(transport)
             and not _isTLS(transport)
         )
+
+    def unavailableCommands(self, transport: ITransport) -> frozenset[bytes]:
+        """
+        The commands popd knows that a connection on C{transport} does not offer: C{LAST}
+        unless enabled, C{STLS} unless L{canStartTLS}, C{APOP} unless L{apopAvailable}.  All
+        connections alike share one set.
+        """
+        key = (self.enableLast, self.canStartTLS(transport), self.apopAvailable())
+        unavailable = self._unavailableCommands.get(key)
+        if unavailable is None:
+            offered = zip((b"LAST", b"STLS", b"APOP"), key, strict=True)
+            unavailable = frozenset(command for command, on in offered if not on)
+            self._unavailableCommands[key] = unavailable
+        return unavailable
 
     def apopAvailable(self) -> bool:
         """

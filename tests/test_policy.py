@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from popd.limits import ConcurrencyLimit, FailurePenalty, LoginDelay
+from popd.limits import ConcurrencyLimit, FailurePenalty, IdleTimeouts, LoginDelay
 from popd.memory import MemoryMailbox, MemoryRealm
 from popd.protocol import POP3ServerFactory, Response
 from tests.test_protocol import LOOPBACK, Session, multiline
@@ -343,3 +343,129 @@ class LimitsTests(SynchronousTestCase):
         clock.advance(10)
         delay.allow(-1)
         self.assertEqual(len(delay._logins._records), 1)
+
+
+class IdleTimeoutsTests(SynchronousTestCase):
+    """
+    L{IdleTimeouts} expires each key at its own deadline, with one timer for all of them.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.expired: list[str] = []
+        self.timeouts: IdleTimeouts[str] = IdleTimeouts(self.clock, self.expired.append)
+
+    def test_expires(self) -> None:
+        """
+        A key expires exactly its timeout after it was watched, and is then forgotten.
+        """
+        self.timeouts.watch("a", 10)
+        self.clock.advance(9.5)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(0.5)
+        self.assertEqual(self.expired, ["a"])
+        self.assertFalse(self.timeouts.watching("a"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_touch(self) -> None:
+        """
+        Touching a key restarts its countdown; the others keep theirs.
+        """
+        self.timeouts.watch("a", 10)
+        self.timeouts.watch("b", 10)
+        self.clock.advance(6)
+        self.timeouts.touch("a")
+        self.clock.advance(4)
+        self.assertEqual(self.expired, ["b"])
+        self.clock.advance(5.9)
+        self.assertEqual(self.expired, ["b"])
+        self.clock.advance(0.1)
+        self.assertEqual(self.expired, ["b", "a"])
+
+    def test_touchUnwatched(self) -> None:
+        self.timeouts.touch("a")
+        self.assertFalse(self.timeouts.watching("a"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_oneTimer(self) -> None:
+        """
+        However many keys are watched, with whatever timeouts, one call is pending, and each
+        key expires at its deadline.
+        """
+        deadlines = {}
+        for number in range(30):
+            key, timeout = f"k{number}", 10 + number % 3
+            self.timeouts.watch(key, timeout)
+            deadlines[key] = self.clock.seconds() + timeout
+            self.clock.advance(1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        while deadlines:
+            self.clock.advance(1)
+            due = sorted((d, k) for k, d in deadlines.items() if d <= self.clock.seconds())
+            self.assertEqual(self.expired, [key for _, key in due])
+            self.expired.clear()
+            for _, key in due:
+                del deadlines[key]
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1 if deadlines else 0)
+
+    def test_shorterTimeoutLater(self) -> None:
+        """
+        A key watched with a shorter timeout than those already watched expires first.
+        """
+        self.timeouts.watch("long", 600)
+        self.clock.advance(1)
+        self.timeouts.watch("short", 30)
+        self.clock.advance(30)
+        self.assertEqual(self.expired, ["short"])
+        self.clock.advance(569)
+        self.assertEqual(self.expired, ["short", "long"])
+
+    def test_newTimeout(self) -> None:
+        """
+        Watching a watched key again restarts it with the new timeout, longer or shorter.
+        """
+        self.timeouts.watch("a", 180)
+        self.clock.advance(100)
+        self.timeouts.watch("a", 600)
+        self.clock.advance(599)
+        self.assertEqual(self.expired, [])
+        self.timeouts.watch("a", 5)
+        self.clock.advance(5)
+        self.assertEqual(self.expired, ["a"])
+
+    def test_forget(self) -> None:
+        """
+        A forgotten key never expires; with nothing left to watch, no call stays pending.
+        """
+        self.timeouts.watch("a", 10)
+        self.timeouts.watch("b", 20)
+        self.timeouts.forget("a")
+        self.assertTrue(self.timeouts.watching("b"))
+        self.clock.advance(10)
+        self.assertEqual(self.expired, [])
+        self.timeouts.forget("b")
+        self.timeouts.forget("b")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_expiryMayForgetOthers(self) -> None:
+        """
+        What an expired key's callback does to the other keys is honoured.
+        """
+
+        def expired(key: str) -> None:
+            self.expired.append(key)
+            if key == "a":
+                self.timeouts.forget("b")
+                self.timeouts.watch("c", 1)
+
+        timeouts: IdleTimeouts[str] = IdleTimeouts(self.clock, expired)
+        self.timeouts = timeouts
+        timeouts.watch("a", 10)
+        timeouts.watch("b", 15)
+        self.clock.advance(10)
+        self.assertEqual(self.expired, ["a"])
+        self.clock.advance(1)
+        self.assertEqual(self.expired, ["a", "c"])
+        self.clock.advance(100)
+        self.assertEqual(self.expired, ["a", "c"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -274,6 +274,42 @@ class ConformanceMixin:
         self.assertTrue(session.command(b"RSET").startswith(b"+OK"))
         self.assertTrue(session.command(b"STAT").startswith(b"+OK 3 "))
 
+    def test_listingsFollowMarks(self) -> None:
+        """
+        R18: C{STAT}, the counts of C{LIST} and C{UIDL}, and their lines follow each C{DELE}
+        and C{RSET}, however often they are asked for.
+        """
+        session = self.loggedIn()
+        sizes = [len(canonical(m)) for m in MESSAGES]
+        uidls = [line.split(b" ")[1] for line in multiline(session.command(b"UIDL"))]
+
+        def check(numbers: list[int]) -> None:
+            octets = sum(sizes[n - 1] for n in numbers)
+            self.assertEqual(session.command(b"STAT"), b"+OK %d %d\r\n" % (len(numbers), octets))
+            for command, values in [
+                (b"LIST", [b"%d" % (size,) for size in sizes]),
+                (b"UIDL", uidls),
+            ]:
+                for _ in range(2):
+                    response = session.command(command)
+                    first = b"+OK %d messages (%d octets)\r\n" % (len(numbers), octets)
+                    self.assertTrue(response.startswith(first), response)
+                    expected = [b"%d %s" % (n, values[n - 1]) for n in numbers]
+                    self.assertEqual(multiline(response), expected)
+
+        check([1, 2, 3])
+        session.command(b"DELE 2")
+        check([1, 3])
+        session.command(b"DELE 1")
+        session.command(b"DELE 3")
+        check([])
+        session.command(b"RSET")
+        check([1, 2, 3])
+        session.command(b"DELE 3")
+        check([1, 2])
+        session.command(b"RSET")
+        check([1, 2, 3])
+
     def test_quitCommits(self) -> None:
         """
         R23: C{QUIT} in TRANSACTION removes exactly the marked messages, then answers C{+OK}
@@ -965,6 +1001,57 @@ class StoreFailureTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(self.session.command(b"NOOP"), b"+OK\r\n")
 
+    def test_headerAcrossReads(self) -> None:
+        """
+        A header section that arrives over several reads is read whole before the C{+OK}
+        line goes out.
+        """
+        message = ControlledMessage([b"A: 1\n", b"B: 2\n", b"\nbody\n"])
+        self.maildrop.messages[0] = succeed(message)  # type: ignore[arg-type]
+        self.assertEqual(self.session.send(b"RETR 1\r\n"), b"")
+        message.deliverNext()
+        message.deliverNext()
+        self.assertEqual(self.session.read(), b"")
+        message.deliverNext()
+        self.assertEqual(self.session.read(), b"+OK 10 octets\r\nA: 1\r\nB: 2\r\n\r\nbody\r\n")
+        message.deliverNext()
+        self.assertEqual(self.session.read(), b".\r\n")
+        self.assertTrue(message.closed)
+
+    def test_eightBitHeaderAcrossReads(self) -> None:
+        """
+        R36: an 8-bit octet in a later read of the header section refuses the message
+        before anything of it is sent; its body may have them.
+        """
+        message = ControlledMessage([b"A: 1\n", "B: \u00fc\n".encode(), b"\nbody\n"])
+        self.maildrop.messages[0] = succeed(message)  # type: ignore[arg-type]
+        self.session.send(b"RETR 1\r\n")
+        for _ in range(3):
+            message.deliverNext()
+        self.assertEqual(self.session.read(), Response.UTF8_HEADERS + b"\r\n")
+        self.assertTrue(message.closed)
+        body = ControlledMessage([b"A: 1\n\n", "\u00fc\n".encode()])
+        self.maildrop.messages[1] = succeed(body)  # type: ignore[arg-type]
+        self.session.send(b"RETR 2\r\n")
+        for _ in range(3):
+            body.deliverNext()
+        self.assertEqual(
+            self.session.read(), "+OK 20 octets\r\nA: 1\r\n\r\n\u00fc\r\n.\r\n".encode()
+        )
+
+    def test_headerReadFailureClosesMessage(self) -> None:
+        """
+        A message whose header could not be read is closed.
+        """
+        message = ControlledMessage([b"A: 1\n", OSError("EIO")])
+        self.maildrop.messages[0] = succeed(message)  # type: ignore[arg-type]
+        self.session.send(b"RETR 1\r\n")
+        message.deliverNext()
+        message.deliverNext()
+        self.assertEqual(self.session.read(), Response.SYS_TEMP + b"\r\n")
+        self.assertTrue(message.closed)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_partialCommit(self) -> None:
         """
         R23, R30: when some marked messages could not be removed, C{QUIT} answers
@@ -994,3 +1081,92 @@ class StoreFailureTests(SynchronousTestCase):
         self.session.drop()
         self.assertEqual(self.maildrop.committed, [])
         self.assertEqual((self.maildrop.closed, self.realm.logouts), (1, 1))
+
+
+class ConnectionResourceTests(SynchronousTestCase):
+    """
+    What each connection costs the server: one timer serves every connection's idle timeout,
+    and a protocol's attributes all exist from its construction.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        checker = InMemoryUsernamePasswordDatabaseDontUse(bob=b"secret", eve=b"other")
+        realm = MemoryRealm({b"bob": MemoryMailbox(MESSAGES), b"eve": MemoryMailbox()})
+        self.factory = POP3ServerFactory(
+            Portal(realm, [checker]),
+            reactor=self.clock,
+            authorizationTimeout=30,
+            timeout=600,
+            authFailureDelay=1,
+            enableLast=True,
+        )
+
+    def test_oneTimer(self) -> None:
+        """
+        Idle connections, logged in or not, share one pending call, and each times out at
+        its own deadline; when the last connection is gone, no call is left pending.
+        """
+        sessions = [Session(self.factory) for _ in range(3)]
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        sessions[0].login()
+        self.clock.advance(20)
+        sessions[1].command(b"NOOP")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(10)
+        self.assertEqual([s.closed for s in sessions], [False, False, True])
+        self.clock.advance(20)
+        self.assertEqual([s.closed for s in sessions], [False, True, True])
+        sessions[1].drop()
+        sessions[2].drop()
+        self.clock.advance(549)
+        self.assertFalse(sessions[0].closed)
+        self.clock.advance(1)
+        self.assertTrue(sessions[0].closed)
+        sessions[0].drop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_slowTransferKeptAlive(self) -> None:
+        """
+        While a message is being sent, each piece of it restarts the idle countdown.
+        """
+        maildrop = ControlledMaildrop()
+        checker = InMemoryUsernamePasswordDatabaseDontUse(bob=b"secret")
+        portal = Portal(ControlledRealm(maildrop), [checker])
+        session = Session(POP3ServerFactory(portal, reactor=self.clock, timeout=600))
+        session.login()
+        message = ControlledMessage([b"A: 1\n\n", b"a\n", b"b\n"])
+        maildrop.messages[0] = succeed(message)  # type: ignore[arg-type]
+        session.send(b"RETR 1\r\n")
+        for _ in range(3):
+            self.clock.advance(599)
+            message.deliverNext()
+        message.deliverNext()
+        self.assertTrue(session.read().endswith(b"b\r\n.\r\n"))
+        self.clock.advance(599)
+        self.assertFalse(session.closed)
+        self.clock.advance(1)
+        self.assertTrue(session.closed)
+
+    def test_attributesSetAtConstruction(self) -> None:
+        """
+        A session through every kind of command sets no attribute that the constructor did
+        not, but the factory that Twisted sets: CPython stores the attributes of many
+        instances compactly only under names set early (see L{POP3ServerProtocol.__init__}).
+        """
+        names = set(vars(POP3ServerProtocol()))
+        session = Session(self.factory)
+        for line in [b"CAPA", b"UTF8", b"X" * 3000, b"NOOP\0", b"FOO", b"STAT"]:
+            session.command(line)
+        session.login(password=b"wrong")
+        self.clock.advance(1)
+        session.read()
+        session.command(b"AUTH PLAIN")
+        session.command(b"*")
+        session.login()
+        for line in [b"STAT", b"LIST", b"UIDL", b"LIST 1", b"RETR 1", b"TOP 2 1", b"DELE 3"]:
+            session.command(line)
+        for line in [b"LAST", b"RSET", b"DELE 1", b"QUIT"]:
+            session.command(line)
+        session.drop()
+        self.assertEqual(set(vars(session.protocol)) - names, {"factory"})

@@ -4,13 +4,14 @@ Property tests for L{popd._wire}: message encoding, sizes and argument parsing.
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from popd._wire import MessageEncoder, parseNumber, transmittedSize
+from popd._wire import MessageEncoder, headerEnd, parseNumber, transmittedSize
 
 # Messages built from the octets that matter to line handling, so that every interesting
 # combination (CR LF, bare CR, bare LF, "." at a line start) is common.
@@ -147,6 +148,28 @@ class TopTests(SynchronousTestCase):
         self.assertTrue(encoder.done)
         self.assertEqual(encoder.encode(b"even more\n"), b"")
         self.assertEqual(encoder.finish(), b".\r\n")
+
+
+class HeaderEndTests(SynchronousTestCase):
+    """
+    L{headerEnd} finds the blank line that ends a message's header section.
+    """
+
+    # The definition: a line end, or the start of the message, followed by an empty line.
+    blankLine = re.compile(rb"(?:^|\n)\r?\n")
+
+    @given(messages)
+    def test_likeTheDefinition(self, message: bytes) -> None:
+        found = self.blankLine.search(message)
+        self.assertEqual(headerEnd(message), found.start() if found else -1)
+
+    def test_examples(self) -> None:
+        self.assertEqual(headerEnd(b"A: b\n\nbody\n"), 4)
+        self.assertEqual(headerEnd(b"A: b\r\nC: d\r\n\r\nbody"), 11)
+        self.assertEqual(headerEnd(b"A: b\r\n\r\nC\n\n"), 5)
+        self.assertEqual(headerEnd(b"\r\nbody\n\n"), 0)
+        self.assertEqual(headerEnd(b"A: b\nC: d\n"), -1)
+        self.assertEqual(headerEnd(b""), -1)
 
 
 class ParseNumberTests(SynchronousTestCase):
