@@ -8,9 +8,14 @@ therefore identified by its I{base name}, the file name before the first C{:}, w
 changes for the life of the message.  popd itself renames a message it retrieved, as Dovecot does:
 it moves it to C{cur/} and adds the C{S} (seen) flag.
 
-A message's UIDL is derived from its base name (see L{_uidl}), unless the Maildir was migrated from
-Dovecot or Courier with the option to keep the UIDLs they handed out (see L{Maildir}): those are
-read once from C{dovecot-uidlist} or C{courierpop3dsizelist} and kept in popd's own index.
+A message's UIDL is derived from its base name (see L{popd._index.ownUidl}), unless the Maildir
+was migrated from Dovecot or Courier with the option to keep the UIDLs they handed out (see
+L{Maildir}): those are read once from C{dovecot-uidlist} or C{courierpop3dsizelist} and kept in
+popd's own index.
+
+What popd learns of a Maildir is kept in two files in its root (see L{popd._index}): the index
+C{popd-index}, and the listing cache C{popd-listing}, which lets a session whose C{new/} and
+C{cur/} have not changed since the last listing reuse it without reading either directory.
 """
 
 from __future__ import annotations
@@ -18,19 +23,20 @@ from __future__ import annotations
 import errno
 import fcntl
 import math
+import operator
 import os
 import re
 import stat
-import sys
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
 from hashlib import sha256
-from operator import itemgetter
-from typing import NamedTuple, TypeVar
-from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
+from itertools import filterfalse, repeat
+from operator import itemgetter, methodcaller
+from typing import TypeVar, cast
+from urllib.parse import unquote
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
@@ -39,6 +45,23 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import Interface, implementer
 
 from popd import uidlmigration
+from popd._index import (
+    INDEX_FILE,
+    LISTING_FILE,
+    NO_STAMP,
+    SIZE_SAVED,
+    UIDL_SAVED,
+    Entry,
+    ListingCache,
+    Rows,
+    Stamp,
+    formatIndex,
+    formatIndexColumns,
+    formatListing,
+    ownUidls,
+    parseIndex,
+    readListing,
+)
 from popd._wire import transmittedSize
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
@@ -61,46 +84,49 @@ _PLACEHOLDERS = frozenset("%und")
 
 _SUBDIRECTORIES = ("new", "cur", "tmp")
 _LOCK_FILE = "popd.lock"
-_INDEX_FILE = "popd-index"
-_INDEX_TEMPORARY = "popd-index.tmp"
-# The versions written: 3 when an entry saves a UIDL, else 2, which older popds read too.  Each
-# version read, with its entry format: a size, a base name, a retrieval time, a saved UIDL.
-_INDEX_HEADER = b"popd-index 3\n"
-_INDEX_HEADER_2 = b"popd-index 2\n"
-_INDEX_ENTRIES = {
-    b"popd-index 1\n": re.compile(rb"([0-9]{1,20}) ([!-~]+)"),
-    _INDEX_HEADER_2: re.compile(rb"([0-9]{1,20}|-) ([!-~]+)(?: ([0-9]{1,20}))?"),
-    _INDEX_HEADER: re.compile(
-        rb"([0-9]{1,20}|-) ([!-~]+)(?: ([0-9]{1,20}))?(?: (own|uidl=[!-~]{1,70}))?"
-    ),
-}
-# How version 3 saves a UIDL derived from the base name; any other is saved as uidl=<UIDL>.
-_OWN_UIDL = b"own"
-_SAVED_UIDL = b"uidl="
-_INDEX_TRAILER = re.compile(rb"end ([0-9]{1,10}) ([0-9a-f]{64})")
+_INDEX_TEMPORARY = INDEX_FILE + ".tmp"
+_LISTING_TEMPORARY = LISTING_FILE + ".tmp"
 # Retrieval times are saved as whole seconds of at most 20 digits, as sizes are.
 _MAX_TIME = 10**20
-# Bytes written as-is in index entries; everything else is percent-encoded.
-_INDEX_SAFE = ",="
 _CHUNK = 65536
-# What os.fsdecode does, without its cost per call: an index has an entry per message.
-_FS_ENCODING = sys.getfilesystemencoding()
-_FS_ERRORS = sys.getfilesystemencodeerrors()
+# The listing cache is only written for listings of this many messages or more: reading the
+# directories of a smaller Maildir costs less than writing the cache at every session that finds
+# new mail.
+_CACHE_MINIMUM = 500
+# A directory whose modification or change time is less than this before the file system's
+# clock when it is read may change again within the same tick of that clock without its times
+# changing: a listing of it is not reused.  Dovecot's Maildir code waits the same second.
+_SAME_TICK_NS = 1_000_000_000
 
 _DOVECOT_SIZE = re.compile(r",W=([0-9]{1,20})(?:,|$)")
-_PRINTABLE_UIDL = re.compile(r"[!-~]{1,70}")
-# Not in a base name: a leading dot (hidden files), a path separator, the flags separator, NUL.
-_NOT_BASE_NAME = re.compile(rb"^\.|[/:\0]")
 _DIGEST_LENGTH = 40
 # The information part of a Maildir name that popd can add the seen flag to: version 2 and
 # single-letter flags, as Maildir, Courier and Dovecot write them.
 _FLAGS = re.compile(r"2,([A-Za-z]*)")
 _SEEN = "S"
+# Whether a file name is a dot-file's; a file name's base name, separator and information.
+_HIDDEN = methodcaller("startswith", ".")
+_PARTITION = methodcaller("partition", ":")
+# A base name's delivery time, if conventional, the dot and the rest.
+_PARTITION_DOT = methodcaller("partition", ".")
+_NEW = ord("n")
+_CUR = ord("c")
+_PLACES = {"new": _NEW, "cur": _CUR}
+_NO_ROWS = Rows([], [], b"", [], [], [], [], b"")
+# The flags of messages whose UIDL is not saved.
+_WITHOUT_UIDL = bytes((0, SIZE_SAVED))
 
 # O_NOFOLLOW: a symbolic link placed in a Maildir must not make popd read (or write over) a file
 # the Maildir's owner could not read, when popd runs with more privileges than that owner.
 # O_NONBLOCK: a FIFO put in place of a file must not block the server (files ignore the flag).
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# O_NONBLOCK: opening a FIFO put in place of a file to write fails (ENXIO) instead of blocking.
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Reading a message to size it is not an access to it: the access time is left as it was, which
+# spares a write of the file's inode at the first reading of each (much of the cost of a first
+# listing).  Set to 0 when a file turns out not to be this process's to do so.
+_measureFlags = [getattr(os, "O_NOATIME", 0)]
 
 # UIDL migration (R22): the files in the Maildir root where the POP3 servers popd replaces kept
 # the UIDLs they handed out.  popd only ever reads them, and at most this much of one: far more
@@ -357,46 +383,14 @@ def _lock(path: str) -> int:
     return lockFD
 
 
-def _baseName(fileName: str) -> str:
-    """
-    @return: the part of a Maildir file name that no agent changes: flags follow the C{:}.
-    """
-    return fileName.partition(":")[0]
-
-
-def _deliveryTime(baseName: str) -> int | None:
-    """
-    @return: the delivery time that starts a conventional Maildir name (C{time.unique.host}),
-        or L{None} when the name does not start with one.
-    """
-    seconds, dot, _ = baseName.partition(".")
-    if dot and seconds.isascii() and seconds.isdigit():
-        return int(seconds)
-    return None
-
-
 def _dovecotSize(baseName: str) -> int | None:
     """
     @return: the CRLF size that Dovecot records in a file name as C{,W=<size>}, or L{None}.
     """
+    if ",W=" not in baseName:
+        return None
     match = _DOVECOT_SIZE.search(baseName)
     return None if match is None else int(match.group(1))
-
-
-def _uidl(baseName: str) -> bytes:
-    """
-    The unique-id of a message, derived from its base name alone.
-
-    Base names are unique in a Maildir and never change while the message exists, so the UIDL
-    needs no stored state: it survives restarts, lost or corrupt indexes and other agents'
-    renames.  The base name is used as it is when POP3 allows it (1 to 70 octets in 0x21-0x7E),
-    which keeps the UIDLs that Courier, which does the same, handed out.  Other names are
-    replaced by 160 bits of their SHA-256 in hex: as deterministic, and a collision is
-    practically impossible.
-    """
-    if _PRINTABLE_UIDL.fullmatch(baseName):
-        return baseName.encode("ascii")
-    return sha256(os.fsencode(baseName)).hexdigest()[:_DIGEST_LENGTH].encode("ascii")
 
 
 def _alternativeUidl(baseName: str, attempt: int) -> bytes:
@@ -409,122 +403,108 @@ def _alternativeUidl(baseName: str, attempt: int) -> bytes:
     return digest[:_DIGEST_LENGTH].encode("ascii")
 
 
-def _measure(path: str) -> int:
+def _measure(path: str, directoryFD: int | None = None) -> int:
     """
+    @param path: a message file; relative to C{directoryFD} when it is given.
     @return: the size that the message in C{path} has as transmitted: see L{transmittedSize}.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS | _measureFlags[0], dir_fd=directoryFD)
+    except PermissionError:
+        if not _measureFlags[0]:
+            raise
+        # O_NOATIME is only for the owner of the file, and privileged processes.
+        _measureFlags[0] = 0
+        fd = os.open(path, _READ_FLAGS, dir_fd=directoryFD)
+    try:
+        data = os.read(fd, _CHUNK)
+        rest = os.read(fd, _CHUNK) if data else b""
+        if rest:
+            chunks = [data, rest]
+            chunks.extend(iter(lambda: os.read(fd, _CHUNK), b""))
+            return transmittedSize(chunks)
+    finally:
+        os.close(fd)
+    # What transmittedSize counts, for a message read in one piece (most are).
+    crlf = data.count(b"\r\n") if b"\r" in data else 0
+    return len(data) + data.count(b"\n") - crlf + (0 if data.endswith(b"\n") else 2)
+
+
+def _readFile(path: str) -> bytes:
+    """
+    @return: the content of the regular file C{path}, never following a symbolic link.
+    @raise OSError: it cannot be read, or is not a regular file (C{EINVAL}).
     """
     fd = os.open(path, _READ_FLAGS)
     try:
-        return transmittedSize(iter(lambda: os.read(fd, _CHUNK), b""))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        # One read gets all of a file that did not grow; the next one confirms the end.
+        wanted = max(info.st_size + 1, _CHUNK)
+        return b"".join(iter(lambda: os.read(fd, wanted), b""))
     finally:
         os.close(fd)
 
 
-class _Entry(NamedTuple):
+def _pread(fd: int, length: int, offset: int) -> bytes:
     """
-    What the index saves of one message.
-
-    @ivar size: the size as transmitted, when it had to be computed; L{None} when the base name
-        carries it (Dovecot's C{,W=}).
-    @ivar retrievedAt: when a committed session first retrieved the message, in whole POSIX
-        seconds, or L{None}.
-    @ivar uidl: the UIDL the message keeps for life, once chosen by a listing that could have
-        given it another (a migration from a legacy file, or a clash); L{None} while its UIDL
-        is simply derived from its base name (see L{_uidl}).
+    @return: the C{length} octets at C{offset} in the file C{fd}, fewer only at its end.
     """
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    chunks = [data]
+    while length > len(data):
+        length -= len(data)
+        offset += len(data)
+        data = os.pread(fd, length, offset)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
 
-    size: int | None
-    retrievedAt: int | None = None
-    uidl: bytes | None = None
 
-
-def _parseIndex(data: bytes) -> dict[str, _Entry] | None:
+def _directoryStamp(path: str) -> Stamp:
     """
-    Parse the content of an index.
-
-    The format is a version line, one line per message, then C{end <count> <sha256>} where the
-    hash covers all that precedes it.  In version 3 a message's line is C{<size> <base name>
-    [<retrieved>] [<uidl>]}, with C{-} as size when the base name carries it, and at least one
-    of the size, the retrieval time and the UIDL; the base name is percent-encoded, the time is
-    in whole POSIX seconds, and the UIDL the message keeps (R22) is C{own} when it is the one
-    derived from the base name (see L{_uidl}), else C{uidl=} followed by it.  Version 2 is
-    version 3 without UIDLs, and version 1, which only saved sizes, has C{<size> <base name>}
-    lines only.  Any disagreement (truncation, a torn or foreign write, a bad entry, two
-    messages with one UIDL) rejects the whole file: an index is mostly a cache, and a wrong
-    size breaks every client that trusts C{LIST}.  What the UIDLs saved in a rejected index
-    were is found again in the legacy files they came from, as long as these are left there.
-
-    @return: the entry of each base name, or L{None} when C{data} is not a valid index.
+    @return: the stamp of the directory C{path}, or L{NO_STAMP} when it cannot be had.  It is
+        read from a descriptor opened for the purpose: on NFS, opening revalidates the
+        attributes (close-to-open consistency), as the opening that a scan starts with does,
+        where C{stat} may answer from the attribute cache.
     """
-    content, newline, trailer = data.removesuffix(b"\n").rpartition(b"\n")
-    content += newline
-    match = _INDEX_TRAILER.fullmatch(trailer)
-    header, _, body = content.partition(b"\n")
-    entryFormat = _INDEX_ENTRIES.get(header + b"\n")
-    if (
-        not data.endswith(b"\n")
-        or match is None
-        or entryFormat is None
-        or sha256(content).hexdigest().encode("ascii") != match.group(2)
-    ):
+    try:
+        fd = os.open(path, _DIRECTORY_FLAGS)
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return NO_STAMP
+    return Stamp(info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _fileSystemTime(lockFD: int) -> int | None:
+    """
+    Read the clock that stamps the Maildir's directories, by setting the modification time of
+    the Maildir's lock file to now: its new change time.  This is the server's clock on NFS, so
+    comparing it with the directories' times is immune to a skew between the clocks of client
+    and server.
+
+    @param lockFD: a descriptor of the lock file, open for writing.
+    @return: the time in nanoseconds, or L{None} when the time cannot be set.
+    """
+    try:
+        os.utime(lockFD)
+        return os.fstat(lockFD).st_ctime_ns
+    except OSError:
         return None
-    lines = body.split(b"\n")[:-1]
-    if len(lines) != int(match.group(1)):
-        return None
-    entries: dict[str, _Entry] = {}
-    uidls: set[bytes] = set()
-    for line in lines:
-        entry = entryFormat.fullmatch(line)
-        if entry is None:
-            return None
-        # Versions 1 and 2 have fewer groups: the missing ones are absent fields.
-        size, encoded, retrieved, saved = (entry.groups() + (None, None))[:4]
-        if size == b"-" and retrieved is None and saved is None:
-            return None
-        name = unquote_to_bytes(encoded)
-        if _NOT_BASE_NAME.search(name):
-            return None
-        baseName = name.decode(_FS_ENCODING, _FS_ERRORS)
-        if baseName in entries:
-            return None
-        uidl = None
-        if saved is not None:
-            uidl = _uidl(baseName) if saved == _OWN_UIDL else saved[len(_SAVED_UIDL) :]
-            if uidl in uidls:
-                return None
-            uidls.add(uidl)
-        entries[baseName] = _Entry(
-            None if size == b"-" else int(size),
-            None if retrieved is None else int(retrieved),
-            uidl,
-        )
-    return entries
 
 
-def _formatIndex(entries: dict[str, _Entry]) -> bytes:
+def _hostTime() -> int:
     """
-    @return: the content of an index of C{entries}: see L{_parseIndex}.  It is of version 2
-        when no entry saves a UIDL, so that a Maildir never migrated stays readable by older
-        popds, else of version 3.  Entries that save nothing are left out.
+    @return: the time of this host's clock, in nanoseconds.
     """
-    lines = []
-    header = _INDEX_HEADER_2
-    for name, (size, retrievedAt, uidl) in sorted(entries.items()):
-        if size is None and retrievedAt is None and uidl is None:
-            continue
-        line = b"%s %s" % (
-            b"-" if size is None else b"%d" % (size,),
-            quote_from_bytes(os.fsencode(name), _INDEX_SAFE).encode("ascii"),
-        )
-        if retrievedAt is not None:
-            line += b" %d" % (retrievedAt,)
-        if uidl is not None:
-            header = _INDEX_HEADER
-            line += b" " + (_OWN_UIDL if uidl == _uidl(name) else _SAVED_UIDL + uidl)
-        lines.append(line + b"\n")
-    content = header + b"".join(lines)
-    digest = sha256(content).hexdigest().encode("ascii")
-    return content + b"end %d %s\n" % (len(lines), digest)
+    return time.time_ns()
 
 
 def _seenName(fileName: str) -> str | None:
@@ -561,6 +541,158 @@ def _fsyncDirectory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _concatenate(first: Rows, second: Rows) -> Rows:
+    """
+    @return: the rows of C{first} then those of C{second}.
+    """
+    if not len(first):
+        return second
+    if not len(second):
+        return first
+    return Rows(
+        first.bases + second.bases,
+        first.infos + second.infos,
+        first.places + second.places,
+        first.delivered + second.delivered,
+        first.sizes + second.sizes,
+        first.retrieved + second.retrieved,
+        first.uidls + second.uidls,
+        first.flags + second.flags,
+    )
+
+
+def _sortedRows(rows: Rows) -> Rows:
+    """
+    @return: C{rows} in listing order: by delivery time, then base name.
+    """
+    order = sorted(range(len(rows)), key=rows.bases.__getitem__)
+    order.sort(key=rows.delivered.__getitem__)
+    return rows.take(order)
+
+
+def _cached(cache: ListingCache, subdirectory: str) -> tuple[Stamp, bool]:
+    """
+    @return: the stamp and cleanliness that C{cache} saved for C{subdirectory}.
+    """
+    if subdirectory == "new":
+        return cache.new, cache.newClean
+    return cache.cur, cache.curClean
+
+
+def _settled(stamp: Stamp, now: int | None) -> bool:
+    """
+    @return: whether a directory with C{stamp}, read after the file system's clock said
+        C{now}, has a listing that may be reused while it keeps that stamp: it had last
+        changed at least L{_SAME_TICK_NS} before.
+    """
+    return (
+        now is not None
+        and stamp != NO_STAMP
+        and max(stamp.modified, stamp.changed) < now - _SAME_TICK_NS
+    )
+
+
+def _baseName(fileName: str) -> str:
+    """
+    @return: the part of a Maildir file name that no agent changes: flags follow the C{:}.
+    """
+    return fileName.partition(":")[0]
+
+
+def _located(names: Iterable[str], subdirectory: str) -> dict[str, tuple[str, str]]:
+    """
+    @return: the messages of C{subdirectory} whose file names are C{names}, by base name: the
+        subdirectory, and what follows the base name in the file name.
+    """
+    parts = list(map(_PARTITION, names))
+    return dict(
+        zip(
+            map(itemgetter(0), parts),
+            zip(
+                repeat(subdirectory),
+                map(operator.add, map(itemgetter(1), parts), map(itemgetter(2), parts)),
+            ),
+            strict=True,
+        )
+    )
+
+
+def _moved(rows: Rows, moved: dict[int, tuple[str, str]]) -> Rows:
+    """
+    @return: C{rows}, with the messages at the positions of C{moved} where it says.
+    """
+    if not moved:
+        return rows
+    places = bytearray(rows.places)
+    infos = list(rows.infos)
+    for position, (subdirectory, info) in moved.items():
+        places[position] = _PLACES[subdirectory]
+        infos[position] = info
+    return Rows(
+        rows.bases,
+        infos,
+        bytes(places),
+        rows.delivered,
+        rows.sizes,
+        rows.retrieved,
+        rows.uidls,
+        rows.flags,
+    )
+
+
+def _picked(positions: Sequence[int], *columns: Sequence[_T]) -> list[list[_T]]:
+    """
+    @return: the items at C{positions} of each of C{columns}.
+    """
+    if len(positions) == 1:
+        return [[column[positions[0]]] for column in columns]
+    if not positions:
+        return [[] for _ in columns]
+    pick = itemgetter(*positions)
+    return [list(pick(column)) for column in columns]
+
+
+def _entriesOf(rows: Rows) -> dict[str, Entry]:
+    """
+    @return: what the index holds of C{rows}, by base name.
+    """
+    return {
+        baseName: Entry(
+            size if flags & SIZE_SAVED else None, retrievedAt, uidl if flags & UIDL_SAVED else None
+        )
+        for baseName, size, retrievedAt, uidl, flags in zip(
+            rows.bases, rows.sizes, rows.retrieved, rows.uidls, rows.flags, strict=True
+        )
+        if flags or retrievedAt is not None
+    }
+
+
+def _indexOf(rows: Rows) -> bytes:
+    """
+    @return: the content of the index that holds what C{rows} save: see L{_entriesOf}.
+    """
+    count = len(rows)
+    flags = rows.flags
+    sizes: list[int | None] = list(rows.sizes)
+    uidls: list[bytes | None] = [None] * count
+    if flags.count(SIZE_SAVED) != count:
+        sizes = [
+            size if flag & SIZE_SAVED else None for size, flag in zip(sizes, flags, strict=True)
+        ]
+        if flags.translate(None, _WITHOUT_UIDL):
+            uidls = [
+                uidl if flag & UIDL_SAVED else None
+                for uidl, flag in zip(rows.uidls, flags, strict=True)
+            ]
+    bases = rows.bases
+    if all(map(operator.lt, bases, bases[1:])):
+        # Already in order (as when all were delivered in the same second).
+        return formatIndexColumns(bases, sizes, rows.retrieved, uidls)
+    order = sorted(range(count), key=bases.__getitem__)
+    pick = itemgetter(*order)
+    return formatIndexColumns(pick(rows.bases), pick(sizes), pick(rows.retrieved), pick(uidls))
 
 
 class _ScanFailed(Exception):
@@ -637,7 +769,9 @@ class Maildir:
 
     Messages are those in C{new/} and C{cur/}, in order of delivery time, then of base name;
     C{tmp/}, dot-files, directories and symbolic links are not messages.  The listing is taken
-    once: mail delivered later waits for the next session.
+    once: mail delivered later waits for the next session.  The delivery time is the number
+    that starts a conventional name, else the modification time of the file when a listing
+    first found it.
 
     Sizes come from Dovecot's C{,W=} in the file name when it is there; otherwise they are
     computed once by reading the message and kept in the file C{popd-index} of the Maildir, so
@@ -646,10 +780,10 @@ class Maildir:
     EXPIRE policy (RFC 2449 section 6.7); it is keyed by base name, so it survives other agents'
     renames, and its loss only makes messages look never retrieved.
 
-    A message's UIDL is derived from its base name (see L{_uidl}), except in a Maildir migrated
-    from Dovecot or Courier (R22).  With C{uidlMigration}, a listing that finds messages the
-    index has no UIDL for reads the legacy file of that server in the Maildir root,
-    C{dovecot-uidlist} (see L{_parseDovecot}) or C{courierpop3dsizelist} (see
+    A message's UIDL is derived from its base name (see L{popd._index.ownUidl}), except in a
+    Maildir migrated from Dovecot or Courier (R22).  With C{uidlMigration}, a listing that
+    finds messages the index has no UIDL for reads the legacy file of that server in the
+    Maildir root, C{dovecot-uidlist} (see L{_parseDovecot}) or C{courierpop3dsizelist} (see
     L{_parseCourier}), matching messages by base name.  A message found there keeps the UIDL
     that server gave it; the others (delivered since) get popd's own.  Either choice is saved
     in the index at once, and from then on the index alone decides: the legacy file is not read
@@ -666,6 +800,18 @@ class Maildir:
     listed message, or when an earlier-listed message (in listing order) got it first.  A
     message whose own UIDL another message already has in the index gets a replacement (see
     L{_alternativeUidl}), saved too.
+
+    Each listing is also saved whole in the listing cache C{popd-listing} (see
+    L{popd._index.parseListing}), with the digest of the index it agrees with and the stamps
+    of C{new/} and C{cur/} taken before they were read (inode, modification and change times:
+    creating, renaming or removing a file in a directory changes them).  A session whose index
+    is unchanged takes the messages of a directory whose stamp is unchanged from the cache
+    instead of reading the directory; when neither directory changed, it reads neither and the
+    saved listing is its listing.  Only a directory whose times were at least a second before
+    the file system's clock (see L{_fileSystemTime}) when it was read is ever taken from the
+    cache: a change in the same tick of a coarse clock would not have changed them.  The cache
+    is rewritten when the listing changes, and not synced: it is checked when read, and a
+    damaged or missing one only costs reading the directories.
 
     @ivar path: the real path of the Maildir.
     """
@@ -694,9 +840,11 @@ class Maildir:
         self._legacyRead = False
         self._legacy: dict[str, bytes] | None = None
         self._listing: list[MessageInfo] | None = None
-        self._messages: list[_Message] = []
-        # What the index should hold for the listed messages, by base name.
-        self._entries: dict[str, _Entry] = {}
+        # The listed messages, and where each one looked for since was found.
+        self._rows = _NO_ROWS
+        self._located: dict[int, _Message] = {}
+        # What the index should hold for the listed messages, by base name, once needed.
+        self._entries: dict[str, Entry] | None = None
 
     def listing(self) -> Deferred[Sequence[MessageInfo]]:
         """
@@ -715,72 +863,412 @@ class Maildir:
 
     def _takeListing(self) -> list[MessageInfo]:
         """
-        Read the Maildir, remember where each message is in L{_messages} and what the index
-        should hold in L{_entries}, and save the sizes that had to be computed and the UIDLs
-        that were chosen.
+        Take the listing, from the listing cache or by reading what changed since it was saved,
+        remember the messages in L{_rows}, and save the sizes that had to be computed, the
+        UIDLs that were chosen and the listing.
 
         @return: the listing.
 
         @raise OSError: the Maildir cannot be read.
         """
-        known = self._readIndex()
-        entries: dict[str, _Entry] = {}
-        computed = False
-        found: list[tuple[int, str, _Message, int, int | None]] = []
-        for baseName, (subdirectory, fileName) in self._scan().items():
-            message = _Message(baseName, subdirectory, fileName)
-            entry = known.get(baseName, _Entry(None))
-            try:
-                delivered = _deliveryTime(baseName)
-                if delivered is None:
-                    delivered = int(self._onFile(message, os.lstat).st_mtime)
+        index, digest = self._readIndex()
+        cache, cached = self._readCache() if digest is not None else (None, None)
+        if cache is not None and cache.index != digest:
+            # Saved with another index: its sizes, times and UIDLs may not be the index's.
+            cache = None
+        stamps = (
+            _directoryStamp(os.path.join(self.path, "new")),
+            _directoryStamp(os.path.join(self.path, "cur")),
+        )
+        saved: ListingCache
+        if (
+            cache is not None
+            and cache.newClean
+            and cache.curClean
+            and (cache.new, cache.cur) == stamps
+            and NO_STAMP not in stamps
+        ):
+            # Neither directory changed: the saved listing is the listing.
+            saved, computed = cache, False
+        else:
+            saved, computed = self._scanListing(cache, index, digest or b"", stamps)
+        rows = saved.rows
+        chosen = self._chooseUidls(rows)
+        self._rows = rows
+        if computed or chosen:
+            content = self._writeIndex(_indexOf(rows))
+            digest = None if content is None else sha256(content).digest()
+            # The index written has exactly the entries of the listed messages.
+            saved = replace(saved, index=digest or b"", orphans=frozenset())
+        if digest is not None and saved is not cache:
+            self._saveCache(saved, cached)
+        retrievedAt: list[float | None] = [None] * len(rows)
+        if rows.retrieved.count(None) != len(rows):
+            retrievedAt = [None if time is None else float(time) for time in rows.retrieved]
+        # tuple.__new__ is what MessageInfo._make calls, without a call in Python per message.
+        return list(
+            map(
+                tuple.__new__,
+                repeat(MessageInfo),
+                zip(rows.sizes, rows.uidls, retrievedAt, strict=True),
+            )
+        )
+
+    def _scanListing(
+        self,
+        cache: ListingCache | None,
+        index: bytes | None,
+        digest: bytes,
+        initial: tuple[Stamp, Stamp] = (NO_STAMP, NO_STAMP),
+    ) -> tuple[ListingCache, bool]:
+        """
+        Take the listing by reading the directories that changed since C{cache} was saved (all
+        of them without a cache), and the index C{index} when the cache does not say enough.
+
+        What a directory read holds is compared with what the cache has of it, by file name:
+        only the names that appeared are looked at one by one (new messages, and messages
+        another agent renamed, to add flags or to move them from C{new/} to C{cur/}).
+
+        C{new/} is read first: a message that another agent moves to C{cur/} meanwhile is found
+        in C{cur/}, or twice, and is kept once, in C{cur/}; reading in the other order could
+        miss it.  For the same reason, C{cur/} is stamped, to decide whether to read it, only
+        once C{new/} was read.
+
+        @param cache: a cache saved with the current index, or L{None}.
+        @param index: the content of the index, or L{None} when there is none.
+        @param digest: the digest of the index, as the cache saves it.
+        @param initial: the stamps of C{new/} and C{cur/} a moment ago.
+        @return: the listing, as the listing cache will save it (C{cache} itself when nothing
+            changed), and whether sizes were computed.
+        @raise OSError: a directory cannot be read.
+        """
+        rows = _NO_ROWS if cache is None else cache.rows
+        now = None
+        if any(
+            _settled(stamp, _hostTime())
+            and (cache is None or _cached(cache, subdirectory) != (stamp, True))
+            for subdirectory, stamp in zip(("new", "cur"), initial, strict=True)
+        ):
+            # A directory to read may have last changed long enough ago.  (The file system
+            # stamps with a coarser reading of this host's clock, never ahead of it; on NFS,
+            # the server's may be, and then a directory is only wrongly found too recent: not
+            # reused, which is never wrong.)  Reading the file system's clock costs a write.
+            now = self._fileSystemTime()
+        stamps: list[Stamp] = []
+        cleans: list[bool] = []
+        # The file names in each directory read, and those the cache has of it.
+        scanned: dict[str, set[str]] = {}
+        cached: dict[str, set[str]] = {}
+        for subdirectory in ("new", "cur"):
+            stamp = _directoryStamp(os.path.join(self.path, subdirectory))
+            if (
+                cache is not None
+                and stamp != NO_STAMP
+                and _cached(cache, subdirectory) == (stamp, True)
+            ):
+                clean = True
+            else:
+                scanned[subdirectory] = set(self._scanNames(subdirectory))
+                bases, infos = rows.of(subdirectory[0])
+                cached[subdirectory] = set(map(operator.add, bases, infos))
+                clean = _settled(stamp, now)
+            stamps.append(stamp)
+            cleans.append(clean)
+        # Where the messages whose files appeared (or were renamed) are, C{cur/} winning.
+        appeared: dict[str, tuple[str, str]] = {}
+        # The files of the listing that are gone.
+        gone: set[str] = set()
+        for subdirectory, names in scanned.items():
+            appeared.update(_located(names - cached[subdirectory], subdirectory))
+            gone.update(cached[subdirectory] - names)
+        # Each cached message found elsewhere; those not found anywhere.
+        moved: dict[int, tuple[str, str]] = {}
+        removed: set[int] = set()
+        if len(rows) and (gone or appeared):
+            bases, infos, places = rows.bases, rows.infos, rows.places
+            positions = dict(zip(bases, range(len(rows)), strict=True))
+            if len(positions) != len(rows):
+                _log.warn(
+                    "Ignoring the invalid listing cache {path!r}: a name is listed twice",
+                    path=os.path.join(self.path, LISTING_FILE),
+                )
+                return self._scanListing(None, index, digest, initial)
+            for baseName, location in list(appeared.items()):
+                position = positions.get(baseName)
+                if position is None:
+                    continue
+                del appeared[baseName]
+                if bases[position] + infos[position] in gone or (
+                    location[0] == "cur" and places[position] == _NEW
+                ):
+                    moved[position] = location
+            for position in map(positions.__getitem__, map(_baseName, gone)):
+                if position not in moved:
+                    removed.add(position)
+        known: dict[str, Entry] = {}
+        orphans = set() if cache is None else set(cache.orphans)
+        if cache is None and index is not None:
+            known = self._parseIndex(index)
+            orphans = set(known.keys() - appeared.keys())
+        elif removed:
+            # The index keeps the entries of the messages gone since it was written.
+            orphans.update(
+                rows.bases[position]
+                for position in removed
+                if rows.flags[position] or rows.retrieved[position] is not None
+            )
+        if index is not None and cache is not None and not orphans.isdisjoint(appeared):
+            # A message is back: what the index says of it.
+            known = self._parseIndex(index)
+        orphans.difference_update(appeared)
+        kept = _moved(rows, moved)
+        if removed:
+            kept = kept.take([i for i in range(len(rows)) if i not in removed])
+        added, computed = self._freshRows(appeared, known)
+        if (
+            len(kept)
+            and len(added)
+            and (added.delivered[0], added.bases[0]) < (kept.delivered[-1], kept.bases[-1])
+        ):
+            listed = _sortedRows(_concatenate(kept, added))
+        else:
+            listed = _concatenate(kept, added)
+        for position, subdirectory in enumerate(("new", "cur")):
+            place = subdirectory[0].encode("ascii")
+            read = scanned.get(subdirectory)
+            if listed.places.count(place) != (
+                rows.places.count(place) if read is None else len(read)
+            ):
+                # A file of the directory stands for no message of its own: another file has
+                # its base name (in cur/, or in the same directory).  Only a reading finds it.
+                cleans[position] = False
+            elif read is not None and not cleans[position]:
+                stamps[position], cleans[position] = self._confirm(
+                    subdirectory, stamps[position], read
+                )
+        saved = ListingCache(
+            digest, stamps[0], cleans[0], stamps[1], cleans[1], listed, frozenset(orphans)
+        )
+        if cache is not None and listed is cache.rows and saved == cache:
+            # Nothing changed: the cache is not written again.
+            return cache, computed
+        return saved, computed
+
+    def _fileSystemTime(self) -> int | None:
+        """
+        @return: the time of the file system's clock: see L{_fileSystemTime}.
+        """
+        return None if self._lockFD is None else _fileSystemTime(self._lockFD)
+
+    def _confirm(self, subdirectory: str, stamp: Stamp, scanned: set[str]) -> tuple[Stamp, bool]:
+        """
+        Make the listing of a directory that had changed too recently to be reused, reusable
+        if the file system's clock has moved on since: a second reading that finds the same
+        messages then stands for it.  (Listing many new messages takes that long.)
+
+        @param scanned: what the listing read in C{subdirectory}, whose stamp was C{stamp}.
+        @return: the stamp and cleanliness to save for the directory.
+        """
+        if not _settled(stamp, _hostTime()):
+            # Too recent by this host's clock, so by the file system's: see _scanListing.
+            return stamp, False
+        now = self._fileSystemTime()
+        if not _settled(stamp, now):
+            return stamp, False
+        again = _directoryStamp(os.path.join(self.path, subdirectory))
+        if not _settled(again, now) or set(self._scanNames(subdirectory)) != scanned:
+            return stamp, False
+        return again, True
+
+    def _freshRows(
+        self, found: dict[str, tuple[str, str]], known: dict[str, Entry]
+    ) -> tuple[Rows, bool]:
+        """
+        Make the rows of messages that the listing cache does not have, with what the index
+        says of them, and sorted.  Done in passes over all of them, so that the many messages
+        of a first listing cost little more than reading them.
+
+        @param found: where they are, by base name.
+        @param known: the entries of the index, or of the part of it needed.
+        @return: the rows, and whether sizes were computed; messages removed meanwhile by
+            another agent are left out.
+        @raise OSError: a message cannot be read.
+        """
+        if not found:
+            return _NO_ROWS, False
+        bases = list(found)
+        count = len(bases)
+        locations = list(found.values())
+        subdirectories: list[str] = list(map(itemgetter(0), locations))
+        infos: list[str] = list(map(itemgetter(1), locations))
+        # Delivery times: the number that starts a conventional name.
+        parts = list(map(_PARTITION_DOT, bases))
+        seconds = list(map(itemgetter(0), parts))
+        delivered: list[int | None]
+        if (
+            all(map(itemgetter(1), parts))
+            and all(map(str.isdigit, seconds))
+            and "".join(seconds).isascii()
+        ):
+            delivered = list(map(int, seconds))
+        else:
+            delivered = [
+                int(number) if dot and number.isdigit() and number.isascii() else None
+                for number, dot, _ in parts
+            ]
+        # What the index says; the sizes names carry, which it does not override.
+        sizes: list[int | None] = [None] * count
+        retrieved: list[int | None] = [None] * count
+        saved: list[bytes | None] = [None] * count
+        if known:
+            entries = list(map(known.get, bases, repeat(Entry(None))))
+            sizes = list(map(itemgetter(0), entries))
+            retrieved = list(map(itemgetter(1), entries))
+            saved = list(map(itemgetter(2), entries))
+        flags = bytearray([SIZE_SAVED]) * count
+        if ",W=" in "\0".join(bases):
+            for position, baseName in enumerate(bases):
                 size = _dovecotSize(baseName)
                 if size is not None:
-                    # The name is the authority; an index never overrides it.
-                    entry = entry._replace(size=None)
-                else:
-                    size = entry.size
-                    if size is None:
-                        size = self._onFile(message, _measure)
-                        computed = True
-                        entry = entry._replace(size=size)
+                    sizes[position] = size
+                    flags[position] = 0
+        if saved.count(None) != count:
+            for position, uidl in enumerate(saved):
+                if uidl is not None:
+                    flags[position] |= UIDL_SAVED
+        gone: set[int] = set()
+        for position in [i for i, moment in enumerate(delivered) if moment is None]:
+            message = self._locate(position, bases, subdirectories, infos)
+            try:
+                delivered[position] = int(self._onFile(message, os.lstat).st_mtime)
             except MessageGone:
-                # Removed by another agent: it is not part of this session.
-                continue
-            entries[baseName] = entry
-            found.append((delivered, baseName, message, size, entry.retrievedAt))
-        found.sort(key=itemgetter(0, 1))
-        self._messages = [message for _, _, message, _, _ in found]
-        uidls, chosen = self._chooseUidls([baseName for _, baseName, _, _, _ in found], entries)
-        self._entries = entries
-        if computed or chosen:
-            self._writeIndex(entries)
-        return [
-            MessageInfo(size, uidl, None if retrievedAt is None else float(retrievedAt))
-            for (_, _, _, size, retrievedAt), uidl in zip(found, uidls, strict=True)
-        ]
+                gone.add(position)
+            self._relocated(message, position, subdirectories, infos)
+        unknown = [i for i, size in enumerate(sizes) if size is None and i not in gone]
+        for subdirectory in ("new", "cur"):
+            # (A message another agent moved to cur/ was measured with those of new/.)
+            positions = [
+                i for i in unknown if subdirectories[i] == subdirectory and sizes[i] is None
+            ]
+            if positions:
+                measured = self._measureAll(positions, bases, subdirectories, infos, gone)
+                for position, size in zip(positions, measured, strict=True):
+                    sizes[position] = size
+        if gone:
+            # Removed by another agent: they are not part of this session.
+            kept = [i for i in range(count) if i not in gone]
+            bases, subdirectories, infos = _picked(kept, bases, subdirectories, infos)
+            delivered, sizes, retrieved = _picked(kept, delivered, sizes, retrieved)
+            (saved,) = _picked(kept, saved)
+            flags = bytearray(_picked(kept, flags)[0])
+            count = len(kept)
+            if not count:
+                return _NO_ROWS, bool(unknown)
+        # Every message left has its delivery time and size.
+        times = cast("list[int]", delivered)
+        order = sorted(range(count), key=bases.__getitem__)
+        order.sort(key=times.__getitem__)
+        uidls = ownUidls(bases)
+        if saved.count(None) != count:
+            uidls = [own if uidl is None else uidl for own, uidl in zip(uidls, saved, strict=True)]
+        rows = Rows(
+            bases,
+            infos,
+            "".join(map(itemgetter(0), subdirectories)).encode("ascii"),
+            times,
+            cast("list[int]", sizes),
+            retrieved,
+            uidls,
+            bytes(flags),
+        )
+        return rows.take(order), bool(unknown)
 
-    def _chooseUidls(
-        self, names: list[str], entries: dict[str, _Entry]
-    ) -> tuple[list[bytes], bool]:
+    def _locate(
+        self, position: int, bases: list[str], subdirectories: list[str], infos: list[str]
+    ) -> _Message:
+        """
+        @return: where the message at C{position} of the columns was found.
+        """
+        return _Message(
+            bases[position], subdirectories[position], bases[position] + infos[position]
+        )
+
+    def _relocated(
+        self, message: _Message, position: int, subdirectories: list[str], infos: list[str]
+    ) -> None:
+        """
+        Save where C{message}, at C{position} in the columns, was found again.
+        """
+        subdirectories[position] = message.subdirectory
+        infos[position] = message.fileName[len(message.baseName) :]
+
+    def _measureAll(
+        self,
+        positions: list[int],
+        bases: list[str],
+        subdirectories: list[str],
+        infos: list[str],
+        gone: set[int],
+    ) -> list[int | None]:
+        """
+        Measure the messages at C{positions} in the columns, all in one subdirectory, opened by
+        name in it; one that another agent moved is looked for by base name, and its new place
+        saved in the columns, and one that it removed is added to C{gone}.
+
+        @return: their sizes; L{None} for those gone.
+        @raise OSError: a message cannot be read.
+        """
+        subdirectory = subdirectories[positions[0]]
+        names = list(map(operator.add, _picked(positions, bases)[0], _picked(positions, infos)[0]))
+        directoryFD = self._openDirectory(subdirectory)
+        measure = _measure
+        try:
+            if directoryFD is not None:
+                return list(map(measure, names, repeat(directoryFD)))
+        except FileNotFoundError:
+            pass
+        finally:
+            if directoryFD is not None:
+                os.close(directoryFD)
+        # One at a time, by path, looking for those another agent moved.
+        sizes: list[int | None] = []
+        for position in positions:
+            message = self._locate(position, bases, subdirectories, infos)
+            try:
+                sizes.append(self._onFile(message, measure))
+            except MessageGone:
+                gone.add(position)
+                sizes.append(None)
+            self._relocated(message, position, subdirectories, infos)
+        return sizes
+
+    def _openDirectory(self, subdirectory: str) -> int | None:
+        """
+        @return: a descriptor of C{subdirectory} to open its messages by name in it, or L{None}
+            when it cannot be opened (they are opened by path).
+        """
+        try:
+            return os.open(os.path.join(self.path, subdirectory), _DIRECTORY_FLAGS)
+        except OSError:
+            return None
+
+    def _chooseUidls(self, rows: Rows) -> bool:
         """
         Find the UIDL of each listed message, choosing it for those that have none saved, and
-        save in C{entries} those chosen from the legacy file, or as replacements, or by a
-        migration: see L{Maildir}.
+        save those chosen from the legacy file, or as replacements, or by a migration: see
+        L{Maildir}.
 
-        @param names: the base names of the listed messages, in listing order.
-        @param entries: their index entries, by base name; their saved UIDLs are unique.
-        @return: the UIDLs, in listing order, and whether any was saved in C{entries}.
+        @param rows: the listed messages, with their saved UIDLs (unique), and the others' own
+            (see L{popd._index.ownUidl}), which are replaced by those chosen.
+        @return: whether any UIDL was saved.
         """
-        served = {name: entries[name].uidl for name in names}
-        taken = {uidl for uidl in served.values() if uidl is not None}
-        if not taken and self._uidlMigration is None:
+        if not rows.flags.translate(None, _WITHOUT_UIDL) and self._uidlMigration is None:
             # Never migrated: UIDLs are derived from base names, as always.
-            return [_uidl(name) for name in names], False
-        undecided = [name for name, uidl in served.items() if uidl is None]
+            return False
+        undecided = [i for i, flags in enumerate(rows.flags) if not flags & UIDL_SAVED]
         if not undecided:
             # Everything was chosen before: the legacy file is not read again.
-            return [uidl or b"" for uidl in served.values()], False
+            return False
         legacy: dict[str, bytes] | None = {}
         if self._uidlMigration is not None:
             legacy = self._legacyUidls(self._uidlMigration)
@@ -788,13 +1276,17 @@ class Maildir:
         # are then left for a later session, which may find it repaired.
         choosing = self._uidlMigration is not None and legacy is not None
         legacy = legacy or {}
-        own = {name: _uidl(name) for name in names}
-        ownCounts = Counter(own.values())
+        names, uidls = rows.bases, rows.uidls
+        own = ownUidls(names)
+        taken = {uidl for uidl, flags in zip(uidls, rows.flags, strict=True) if flags & UIDL_SAVED}
+        ownCounts = Counter(own)
+        flags = bytearray(rows.flags)
         saved = False
-        for name in undecided:
+        for i in undecided:
+            name = names[i]
             uidl = legacy.get(name)
             # Another message has it if it is taken or if it is another's own.
-            if uidl is not None and (uidl in taken or ownCounts[uidl] - (own[name] == uidl)):
+            if uidl is not None and (uidl in taken or ownCounts[uidl] - (own[i] == uidl)):
                 _log.warn(
                     "Not keeping the UIDL {uidl!r} of {name!r} in {path!r}: another message has it",
                     uidl=uidl,
@@ -803,17 +1295,18 @@ class Maildir:
                 )
                 uidl = None
             if uidl is None:
-                uidl = own[name]
+                uidl = own[i]
                 attempt = 0
                 while uidl in taken:
                     attempt += 1
                     uidl = _alternativeUidl(name, attempt)
             taken.add(uidl)
-            served[name] = uidl
-            if choosing or uidl != own[name]:
-                entries[name] = entries[name]._replace(uidl=uidl)
+            uidls[i] = uidl
+            if choosing or uidl != own[i]:
+                flags[i] |= UIDL_SAVED
                 saved = True
-        return [uidl or b"" for uidl in served.values()], saved
+        rows.flags = bytes(flags)
+        return saved
 
     def _legacyUidls(self, kind: str) -> dict[str, bytes] | None:
         """
@@ -881,6 +1374,17 @@ class Maildir:
             )
         return uidls
 
+    def _scanNames(self, subdirectory: str) -> list[str]:
+        """
+        @return: the file names of the messages in C{subdirectory}.
+        """
+        with os.scandir(os.path.join(self.path, subdirectory)) as entries:
+            names = [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+        joined = "\0".join(names)
+        if joined.startswith(".") or "\0." in joined:
+            names = list(filterfalse(_HIDDEN, names))
+        return names
+
     def _scan(self) -> dict[str, tuple[str, str]]:
         """
         Find the messages, with one directory scan each of C{new/} and C{cur/}.
@@ -888,14 +1392,11 @@ class Maildir:
         C{new/} is scanned first: a message that another agent moves to C{cur/} meanwhile is
         found in C{cur/}, or twice, and is kept once; scanning in the other order could miss it.
 
-        @return: the subdirectory and file name of each base name.
+        @return: the subdirectory of each base name, and what follows it in the file name.
         """
         found: dict[str, tuple[str, str]] = {}
         for subdirectory in ("new", "cur"):
-            with os.scandir(os.path.join(self.path, subdirectory)) as entries:
-                for entry in entries:
-                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                        found[_baseName(entry.name)] = (subdirectory, entry.name)
+            found.update(_located(self._scanNames(subdirectory), subdirectory))
         return found
 
     def _pathOf(self, message: _Message) -> str:
@@ -913,7 +1414,7 @@ class Maildir:
         location = found.get(message.baseName)
         if location is None:
             return False
-        message.subdirectory, message.fileName = location
+        message.subdirectory, message.fileName = location[0], message.baseName + location[1]
         return True
 
     def _onFile(self, message: _Message, action: Callable[[str], _T]) -> _T:
@@ -937,65 +1438,157 @@ class Maildir:
 
     def _message(self, index: int) -> _Message:
         """
+        @return: where the message at C{index} in the listing was last seen.
         @raise IndexError: C{index} is not in the listing.
         """
-        if not 0 <= index < len(self._messages):
+        if not 0 <= index < len(self._rows):
             raise IndexError(index)
-        return self._messages[index]
+        message = self._located.get(index)
+        if message is None:
+            rows = self._rows
+            baseName = rows.bases[index]
+            message = _Message(
+                baseName,
+                "new" if rows.places[index] == _NEW else "cur",
+                baseName + rows.infos[index],
+            )
+            self._located[index] = message
+        return message
 
-    def _readIndex(self) -> dict[str, _Entry]:
+    def _readIndex(self) -> tuple[bytes | None, bytes | None]:
         """
-        @return: the entries saved in the index, of either version; none when it is missing,
-            unreadable or invalid.
+        @return: the content of the index, or L{None} when it is missing or unreadable; and
+            its SHA-256, C{b""} when it is missing, L{None} when it is unreadable.
         """
-        path = os.path.join(self.path, _INDEX_FILE)
+        path = os.path.join(self.path, INDEX_FILE)
         try:
-            fd = os.open(path, _READ_FLAGS)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file", path)
-                data = b"".join(iter(lambda: os.read(fd, _CHUNK), b""))
-            finally:
-                os.close(fd)
+            data = _readFile(path)
         except FileNotFoundError:
-            return {}
+            return None, b""
         except OSError:
             _log.failure("Ignoring the unreadable index {path!r}", path=path, level=LogLevel.warn)
-            return {}
-        entries = _parseIndex(data)
+            return None, None
+        return data, sha256(data).digest()
+
+    def _parseIndex(self, data: bytes) -> dict[str, Entry]:
+        """
+        @return: the entries saved in the index C{data}, of any version; none when it is
+            invalid.
+        """
+        entries = parseIndex(data)
         if entries is None:
+            path = os.path.join(self.path, INDEX_FILE)
             _log.warn("Ignoring the invalid index {path!r}", path=path)
             return {}
         return entries
 
-    def _writeIndex(self, entries: dict[str, _Entry]) -> None:
+    def _readCache(self) -> tuple[ListingCache | None, bytes | None]:
         """
-        Replace the index atomically and durably with C{entries}.  Failure is logged and
+        @return: the listing cache, or L{None} when it is missing, unreadable or invalid; and
+            the SHA-256 of its file, C{b""} when it is there but unreadable or invalid, L{None}
+            when it is missing.
+        """
+        path = os.path.join(self.path, LISTING_FILE)
+        try:
+            fd = os.open(path, _READ_FLAGS)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", path)
+                # Block by block: no copy of the whole file, read or cut in pieces.
+                read = readListing(lambda offset, length: _pread(fd, length, offset), info.st_size)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            _log.warn(
+                "Ignoring the unreadable listing cache {path!r}: {error}",
+                path=path,
+                error=e.strerror,
+            )
+            return None, b""
+        if read is None:
+            _log.warn("Ignoring the invalid listing cache {path!r}", path=path)
+            return None, b""
+        return read
+
+    def _saveCache(self, cache: ListingCache, old: bytes | None) -> None:
+        """
+        Save C{cache} as the listing cache (see L{_writeCache}) when it lists enough messages
+        to be worth it (L{_CACHE_MINIMUM}); else remove the cache, if there is one (C{old} is
+        not L{None}), which no longer says enough to save anything and would be read by every
+        session.
+        """
+        if len(cache.rows) >= _CACHE_MINIMUM:
+            self._writeCache(cache, old)
+        elif old is not None:
+            try:
+                os.unlink(os.path.join(self.path, LISTING_FILE))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                _log.warn(
+                    "Could not remove the listing cache of {path!r}: {error}",
+                    path=self.path,
+                    error=e.strerror,
+                )
+
+    def _writeIndex(self, content: bytes) -> bytes | None:
+        """
+        Replace the index atomically and durably with C{content}.  Failure is logged and
         otherwise ignored: the sizes are right for this session, and the next one will compute
         them again; retrievals not saved are recorded again when next retrieved.
+
+        @return: C{content}, or L{None} when the index was not replaced.
         """
         temporary = os.path.join(self.path, _INDEX_TEMPORARY)
+        replaced = False
         try:
-            fd = os.open(
-                temporary,
-                # O_NONBLOCK: opening a FIFO put here fails (ENXIO) instead of blocking.
-                os.O_WRONLY
-                | os.O_CREAT
-                | os.O_TRUNC
-                | os.O_NOFOLLOW
-                | os.O_CLOEXEC
-                | os.O_NONBLOCK,
-                0o600,
-            )
+            fd = os.open(temporary, _WRITE_FLAGS, 0o600)
             with open(fd, "wb") as index:
-                index.write(_formatIndex(entries))
+                index.write(content)
                 index.flush()
                 os.fsync(fd)
-            os.replace(temporary, os.path.join(self.path, _INDEX_FILE))
+            os.replace(temporary, os.path.join(self.path, INDEX_FILE))
+            replaced = True
             _fsyncDirectory(self.path)
         except OSError:
             _log.failure(
                 "Could not save the index of {path!r}", path=self.path, level=LogLevel.warn
+            )
+            if not replaced:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+        return content if replaced else None
+
+    def _writeCache(self, cache: ListingCache, old: bytes | None) -> None:
+        """
+        Replace the listing cache atomically with C{cache}, unless it has that content already
+        (that of SHA-256 C{old}).  It is not synced: after a crash it may be missing or damaged,
+        which is seen, or be the one before, saved with another index or other directories.
+        Failure is logged as a warning, and otherwise ignored.
+        """
+        try:
+            content = formatListing(cache)
+        except OverflowError:
+            # A size of 2**63 octets or more, from a hand-made index.
+            return
+        if old is not None and content.endswith(b"end %s\n" % (old.hex().encode("ascii"),)):
+            return
+        temporary = os.path.join(self.path, _LISTING_TEMPORARY)
+        try:
+            fd = os.open(temporary, _WRITE_FLAGS, 0o600)
+            with open(fd, "wb") as file:
+                file.write(content)
+            os.replace(temporary, os.path.join(self.path, LISTING_FILE))
+        except OSError as e:
+            _log.warn(
+                "Could not save the listing cache of {path!r}: {error}",
+                path=self.path,
+                error=e.strerror,
             )
             try:
                 os.unlink(temporary)
@@ -1155,22 +1748,66 @@ class Maildir:
         yet, dropping the entries of the messages C{removed}.  The index is written only when
         a time was added.
         """
-        new = [
-            name for name in retrieved if self._entries.get(name, _Entry(None)).retrievedAt is None
-        ]
+        if not retrieved:
+            return
+        if self._entries is None:
+            times = dict(zip(self._rows.bases, self._rows.retrieved, strict=True))
+            new = [name for name in retrieved if times.get(name) is None]
+        else:
+            entries = self._entries
+            new = [name for name in retrieved if entries.get(name, Entry(None)).retrievedAt is None]
         if not new:
             return
         now = _wholeSeconds(self._clock())
         if now is None:
             _log.warn("Not recording retrievals in {path!r}: bad clock", path=self.path)
             return
+        if self._entries is None:
+            self._entries = _entriesOf(self._rows)
         entries = dict(self._entries)
         for name in removed:
             entries.pop(name, None)
         for name in new:
-            entries[name] = entries.get(name, _Entry(None))._replace(retrievedAt=now)
+            entries[name] = entries.get(name, Entry(None))._replace(retrievedAt=now)
         self._entries = entries
-        self._writeIndex(entries)
+        content = self._writeIndex(formatIndex(entries))
+        if content is not None:
+            self._saveCommitted(sha256(content).digest(), set(removed), set(new), now)
+
+    def _saveCommitted(
+        self, digest: bytes, removed: set[str], retrieved: set[str], now: int
+    ) -> None:
+        """
+        Save in the listing cache what the index written by a commit says: the listed messages
+        but those C{removed}, where they were last seen, those C{retrieved} with the time
+        C{now}.  The directories changed (or may have): the next listing reads them, taking
+        what it knows of the messages it finds from the cache instead of the whole index.
+        """
+        rows = self._rows
+        bases = rows.bases
+        places = bytearray(rows.places)
+        infos = list(rows.infos)
+        for index, message in self._located.items():
+            places[index] = ord(message.subdirectory[0])
+            infos[index] = message.fileName[len(message.baseName) :]
+        updated = Rows(
+            bases,
+            infos,
+            bytes(places),
+            rows.delivered,
+            rows.sizes,
+            [
+                now if baseName in retrieved else retrievedAt
+                for baseName, retrievedAt in zip(bases, rows.retrieved, strict=True)
+            ],
+            rows.uidls,
+            rows.flags,
+        )
+        kept = updated.take([i for i, baseName in enumerate(bases) if baseName not in removed])
+        cache = ListingCache(digest, NO_STAMP, False, NO_STAMP, False, kept, frozenset())
+        # The listing left a cache (saved with the index this replaced) when it listed enough
+        # messages: it is replaced, or removed if too few are left.
+        self._saveCache(cache, b"" if len(rows) >= _CACHE_MINIMUM else None)
 
     def close(self) -> Deferred[None]:
         """

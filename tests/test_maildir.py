@@ -10,7 +10,9 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from hashlib import sha256
 from typing import Any
 
@@ -25,8 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
-from popd import maildir
-from popd._wire import transmittedSize
+from popd import _index, maildir
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
 from popd.maildir import Maildir, MaildirRealm, expandTemplate, openMaildir, validUsername
@@ -115,22 +116,23 @@ class _MaildirTestCase(SynchronousTestCase):
         Make any reading of a message body to size it fail the test.
         """
 
-        def refuse(chunks: object) -> int:
+        def refuse(path: str, directoryFD: int | None = None) -> int:
             self.fail("a message body was read to size it")
 
-        self.patch(maildir, "transmittedSize", refuse)
+        self.patch(maildir, "_measure", refuse)
 
     def countMeasuring(self) -> list[int]:
         """
         @return: a list that grows by one item each time a message body is read to size it.
         """
         calls: list[int] = []
+        real = maildir._measure
 
-        def counting(chunks: Iterable[bytes]) -> int:
+        def counting(path: str, directoryFD: int | None = None) -> int:
             calls.append(1)
-            return transmittedSize(chunks)
+            return real(path, directoryFD)
 
-        self.patch(maildir, "transmittedSize", counting)
+        self.patch(maildir, "_measure", counting)
         return calls
 
     def failOn(self, name: str, target: Callable[[str], bool], code: int) -> None:
@@ -523,6 +525,33 @@ class ListingTests(_MaildirTestCase):
         size = self.listing(self.openDrop(self.path))[0].size
         self.assertEqual(size, len(content) + 100000)
 
+    def test_accessTimeKept(self) -> None:
+        """
+        Reading a message to size it leaves its access time as it was; where the process may
+        not do that (a file it does not own), it reads the message all the same.
+        """
+        path = self.deliver(self.path, "new", "1.a", b"a\n")
+        os.utime(path, (1000, 2000))
+        self.patch(maildir, "_measureFlags", [os.O_NOATIME])
+        drop = openMaildir(self.path)
+        self.assertEqual(self.listing(drop), [MessageInfo(3, b"1.a")])
+        drop.close()
+        self.assertEqual(os.stat(path).st_atime, 1000)
+        realOpen = os.open
+
+        def notOwner(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
+            if flags & os.O_NOATIME:
+                raise _oserror(errno.EPERM)
+            return realOpen(path, flags, *args, **kwargs)
+
+        self.patch(os, "open", notOwner)
+        os.unlink(os.path.join(self.path, "popd-index"))
+        path = self.deliver(self.path, "new", "2.b", b"bb\n")
+        self.assertEqual(
+            self.listing(self.openDrop(self.path)), [MessageInfo(3, b"1.a"), MessageInfo(4, b"2.b")]
+        )
+        self.assertEqual(maildir._measureFlags, [0])
+
     def test_dovecotSize(self) -> None:
         """
         Dovecot's C{,W=<size>} in the base name is the size, used without reading the message
@@ -599,14 +628,17 @@ class ListingTests(_MaildirTestCase):
         real = maildir._measure
         renamed: list[str] = []
 
-        def measure(path: str) -> int:
+        def measure(path: str, directoryFD: int | None = None) -> int:
             if not renamed:
                 renamed.append(path)
-                os.rename(path, os.path.join(self.path, "cur", "1.a:2,S"))
-            return real(path)
+                target = os.path.join(self.path, "cur", "1.a:2,S")
+                os.rename(path, target, src_dir_fd=directoryFD)
+            return real(path, directoryFD)
 
         self.patch(maildir, "_measure", measure)
-        self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(3, b"1.a")])
+        drop = self.openDrop(self.path)
+        self.assertEqual(self.listing(drop), [MessageInfo(3, b"1.a")])
+        self.assertEqual(self.readAll(self.successResultOf(drop.open(0))), b"a\n")
 
     def test_removedDuringListing(self) -> None:
         """
@@ -616,10 +648,10 @@ class ListingTests(_MaildirTestCase):
         self.deliver(self.path, "new", "2.b", b"bb\n")
         real = maildir._measure
 
-        def measure(path: str) -> int:
+        def measure(path: str, directoryFD: int | None = None) -> int:
             if path.endswith("1.a"):
-                os.unlink(path)
-            return real(path)
+                os.unlink(path, dir_fd=directoryFD)
+            return real(path, directoryFD)
 
         self.patch(maildir, "_measure", measure)
         self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(4, b"2.b")])
@@ -682,6 +714,15 @@ class UIDLTests(_MaildirTestCase):
         self.assertEqual(before, self.uidls(self.path))
         os.unlink(os.path.join(self.path, "new", "1.a"))
         self.assertEqual(before[1:], self.uidls(self.path))
+
+    def test_bulk(self) -> None:
+        """
+        The UIDLs of many base names at once are each one's own, whatever the names.
+        """
+        names = ["1.a", "x" * 70, "x" * 71, "", "a b", "line\nbreak", "caf\u00e9", "\udcff", "!~"]
+        for chosen in [names, names[:2], names[:1], [name for name in names if "\n" in name]]:
+            self.assertEqual(_index.ownUidls(chosen), [_index.ownUidl(name) for name in chosen])
+        self.assertEqual(_index.ownUidls([]), [])
 
     @settings(max_examples=50, deadline=None)
     @given(
@@ -957,14 +998,647 @@ class IndexTests(_MaildirTestCase):
         """
         realOpen = os.open
 
-        def faultyOpen(path: str, flags: int, *args: Any) -> int:
+        def faultyOpen(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
             if flags & os.O_DIRECTORY:
                 raise _oserror(errno.EIO)
-            return realOpen(path, flags, *args)
+            return realOpen(path, flags, *args, **kwargs)
 
         self.patch(os, "open", faultyOpen)
         self.assertEqual(self.session(), [6, 5])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+def _settledClock(fd: int | None = None) -> int:
+    """
+    A clock far ahead of every directory's times: every listing is reusable.
+    """
+    return time.time_ns() + 3600 * 10**9
+
+
+def _settle(case: SynchronousTestCase) -> None:
+    """
+    Make the clocks of the host and of the file system far ahead of every directory's times
+    for the rest of C{case}.
+    """
+    case.patch(maildir, "_fileSystemTime", _settledClock)
+    case.patch(maildir, "_hostTime", _settledClock)
+
+
+class ListingCacheTests(_MaildirTestCase):
+    """
+    Tests for the listing cache C{popd-listing}: a listing is reused as it is while the index,
+    C{new/} and C{cur/} are unchanged, the messages of an unchanged directory while the other
+    changed, and neither when they may not be right.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.makeMaildir()
+        self.cache = os.path.join(self.path, "popd-listing")
+        self.index = os.path.join(self.path, "popd-index")
+        self.deliver(self.path, "new", "1700000001.a", b"a\n")
+        self.deliver(self.path, "cur", "1700000002.b:2,S", b"bb\n")
+        self.deliver(self.path, "cur", "1700000003.c,S=2,W=9:2,", b"c\n")
+        self.expected = [
+            MessageInfo(3, b"1700000001.a"),
+            MessageInfo(4, b"1700000002.b"),
+            MessageInfo(9, b"1700000003.c,S=2,W=9"),
+        ]
+        _settle(self)
+        self.patch(maildir, "_CACHE_MINIMUM", 0)
+
+    def session(self) -> list[MessageInfo]:
+        """
+        @return: the listing of a new session, which is then closed.
+        """
+        drop = openMaildir(self.path)
+        try:
+            return list(self.listing(drop))
+        finally:
+            drop.close()
+
+    def scans(self) -> list[str]:
+        """
+        @return: a list that grows by the name of each directory read from now on.
+        """
+        scanned: list[str] = []
+        real = os.scandir
+
+        def scandir(path: str) -> Any:
+            scanned.append(os.path.basename(path))
+            return real(path)
+
+        self.patch(os, "scandir", scandir)
+        return scanned
+
+    def readCache(self) -> bytes:
+        with open(self.cache, "rb") as f:
+            return f.read()
+
+    def writeCache(self, data: bytes) -> None:
+        with open(self.cache, "wb") as f:
+            f.write(data)
+
+    def forbidWrites(self) -> None:
+        """
+        Make any replacement of the index or the cache fail the test.
+        """
+        self.patch(os, "replace", lambda *args: self.fail(f"{args[1]} was written"))
+
+    def test_reused(self) -> None:
+        """
+        A session that finds the index, C{new/} and C{cur/} as the last listing left them
+        reads neither directory nor any message, writes nothing, and lists the same; it opens
+        the messages where the cache says they are.
+        """
+        self.assertEqual(self.session(), self.expected)
+        self.assertTrue(os.path.exists(self.cache))
+        scanned = self.scans()
+        self.forbidMeasuring()
+        self.forbidWrites()
+        self.assertEqual(self.session(), self.expected)
+        drop = self.openDrop(self.path)
+        self.assertEqual(self.listing(drop), self.expected)
+        self.assertEqual(self.readAll(self.successResultOf(drop.open(1))), b"bb\n")
+        self.assertEqual(self.readAll(self.successResultOf(drop.open(0))), b"a\n")
+        self.assertEqual(scanned, [])
+
+    def test_delivery(self) -> None:
+        """
+        Mail delivered into C{new/} is listed: only C{new/} is read, and only the new message
+        is sized.  One delivered with an earlier time takes its place in the order.
+        """
+        self.session()
+        self.deliver(self.path, "new", "1700000004.d", b"dddd\n")
+        self.deliver(self.path, "new", "1700000000.e", b"\n")
+        scanned = self.scans()
+        calls = self.countMeasuring()
+        self.assertEqual(
+            self.session(),
+            [MessageInfo(2, b"1700000000.e"), *self.expected, MessageInfo(6, b"1700000004.d")],
+        )
+        self.assertEqual((scanned, len(calls)), (["new"], 2))
+
+    def test_flagsChanged(self) -> None:
+        """
+        A message another agent renamed in C{cur/} to change its flags is listed the same, and
+        opened under its new name without looking for it: only C{cur/} is read.
+        """
+        self.session()
+        os.rename(
+            os.path.join(self.path, "cur", "1700000002.b:2,S"),
+            os.path.join(self.path, "cur", "1700000002.b:2,RS"),
+        )
+        scanned = self.scans()
+        self.forbidMeasuring()
+        drop = self.openDrop(self.path)
+        self.assertEqual(self.listing(drop), self.expected)
+        self.assertEqual(self.readAll(self.successResultOf(drop.open(1))), b"bb\n")
+        self.assertEqual(scanned, ["cur"])
+
+    def test_movedToCur(self) -> None:
+        """
+        A message another agent moved from C{new/} to C{cur/} is listed the same, and opened
+        where it is now: both directories are read.
+        """
+        self.session()
+        os.rename(
+            os.path.join(self.path, "new", "1700000001.a"),
+            os.path.join(self.path, "cur", "1700000001.a:2,S"),
+        )
+        scanned = self.scans()
+        drop = self.openDrop(self.path)
+        self.assertEqual(self.listing(drop), self.expected)
+        self.assertEqual(self.readAll(self.successResultOf(drop.open(0))), b"a\n")
+        self.assertEqual(scanned, ["new", "cur"])
+
+    def test_removed(self) -> None:
+        """
+        A message another agent removed is no longer listed.
+        """
+        self.session()
+        os.unlink(os.path.join(self.path, "cur", "1700000002.b:2,S"))
+        scanned = self.scans()
+        self.assertEqual(self.session(), [self.expected[0], self.expected[2]])
+        self.assertEqual(scanned, ["cur"])
+
+    def test_directoryReplaced(self) -> None:
+        """
+        A directory put in the place of C{cur/} (another inode) is read, even with the same
+        times.
+        """
+        self.session()
+        real = maildir._directoryStamp
+
+        def stamp(path: str) -> Any:
+            found = real(path)
+            if path.endswith("cur"):
+                return found._replace(inode=found.inode + 1)
+            return found
+
+        self.patch(maildir, "_directoryStamp", stamp)
+        scanned = self.scans()
+        self.assertEqual(self.session(), self.expected)
+        self.assertEqual(scanned, ["cur"])
+
+    def frozenStamps(self) -> None:
+        """
+        Make the stamps of C{new/} and C{cur/} stay what they are now, as they would after a
+        change within the same tick of a coarse clock.
+        """
+        real = maildir._directoryStamp
+        stamps = {path: real(path) for path in (self.path + "/new", self.path + "/cur")}
+        self.patch(maildir, "_directoryStamp", lambda path: stamps[path])
+
+    def lastChange(self) -> int:
+        """
+        @return: the earlier of the times C{new/} and C{cur/} last changed: a file system's
+            clock less than a second past it makes listings of either directory not reusable.
+        """
+        return min(max(maildir._directoryStamp(self.path + name)[1:]) for name in ("/new", "/cur"))
+
+    def test_stampsTrusted(self) -> None:
+        """
+        Reusing a listing relies on the stamps: with a listing taken long enough after the
+        directories last changed, a message whose delivery left the stamps as they were is not
+        listed.  (The control for L{test_sameTick}.)
+        """
+        self.frozenStamps()
+        self.session()
+        self.deliver(self.path, "new", "1700000004.d", b"d\n")
+        self.assertEqual(self.session(), self.expected)
+
+    def test_sameTick(self) -> None:
+        """
+        A listing taken less than a second after the file system's clock said a directory
+        last changed is never reused for it: a change within the same tick would leave its
+        stamp as it was.  The next session reads it, whatever its stamp.
+        """
+        self.frozenStamps()
+        changed = self.lastChange()
+        self.patch(maildir, "_fileSystemTime", lambda fd: changed + 999_999_999)
+        self.session()
+        self.deliver(self.path, "new", "1700000004.d", b"d\n")
+        self.patch(maildir, "_fileSystemTime", _settledClock)
+        scanned = self.scans()
+        self.assertEqual(self.session(), [*self.expected, MessageInfo(3, b"1700000004.d")])
+        self.assertEqual(scanned, ["new", "cur"])
+        del scanned[:]
+        self.assertEqual(self.session(), [*self.expected, MessageInfo(3, b"1700000004.d")])
+        self.assertEqual(scanned, [])
+
+    def test_confirmed(self) -> None:
+        """
+        A directory that had changed too recently when the listing began, but not when it
+        ended, is read once more: when that finds the same messages, the next session reuses
+        the listing.
+        """
+        changed = self.lastChange()
+        times = [changed + 999_999_999]
+        self.patch(
+            maildir, "_fileSystemTime", lambda fd: times.pop() if times else changed + 10**10
+        )
+        scanned = self.scans()
+        self.assertEqual(self.session(), self.expected)
+        self.assertEqual(scanned, ["new", "cur", "new", "cur"])
+        del scanned[:]
+        self.assertEqual(self.session(), self.expected)
+        self.assertEqual(scanned, [])
+
+    def test_notConfirmed(self) -> None:
+        """
+        When the second reading finds another message, the listing is not reused for that
+        directory: the next session lists the message.
+        """
+        changed = self.lastChange()
+        times = [changed + 999_999_999]
+        self.patch(
+            maildir, "_fileSystemTime", lambda fd: times.pop() if times else changed + 10**10
+        )
+        real = os.scandir
+        scanned: list[str] = []
+
+        def scandir(path: str) -> Any:
+            scanned.append(os.path.basename(path))
+            if len(scanned) == 3:
+                self.deliver(self.path, "new", "1700000004.d", b"d\n")
+            return real(path)
+
+        self.patch(os, "scandir", scandir)
+        self.assertEqual(self.session(), self.expected)
+        self.assertEqual(self.session(), [*self.expected, MessageInfo(3, b"1700000004.d")])
+
+    def test_duplicateNotReused(self) -> None:
+        """
+        When C{new/} and C{cur/} both have a file with one base name (listed once, from
+        C{cur/}), C{new/} is read by every session: the file in C{new/} is listed once the
+        one in C{cur/} is gone.
+        """
+        self.deliver(self.path, "new", "1700000002.b", b"bb\n")
+        self.assertEqual(self.session(), self.expected)
+        os.unlink(os.path.join(self.path, "cur", "1700000002.b:2,S"))
+        scanned = self.scans()
+        drop = self.openDrop(self.path)
+        self.assertEqual(self.listing(drop), self.expected)
+        self.assertEqual(self.readAll(self.successResultOf(drop.open(1))), b"bb\n")
+        self.assertEqual(scanned, ["new", "cur"])
+
+    def test_indexChanged(self) -> None:
+        """
+        A cache saved with another index is not used: the sizes are the index's.
+        """
+        self.session()
+        with open(self.index, "wb") as f:
+            f.write(_signedIndex([b"99 1700000001.a", b"98 1700000002.b"]))
+        self.forbidMeasuring()
+        self.assertEqual([info.size for info in self.session()], [99, 98, 9])
+
+    def test_indexParsedOnce(self) -> None:
+        """
+        The index is read by every session, but parsed only when the cache was saved with
+        another one, or has not what a listing needs.
+        """
+        self.session()
+        self.deliver(self.path, "new", "1700000004.d", b"d\n")
+        self.patch(maildir, "parseIndex", lambda data: self.fail("the index was parsed"))
+        self.assertEqual(len(self.session()), 4)
+
+    def test_corrupt(self) -> None:
+        """
+        A cache that is truncated at any length, or has any octet changed, is ignored, with
+        a warning: the directories are read and the cache written again as it was.
+        """
+        self.session()
+        valid = self.readCache()
+        damaged = [valid[:length] for length in range(len(valid))]
+        damaged += [
+            valid[:position] + bytes([valid[position] ^ 0x20]) + valid[position + 1 :]
+            for position in range(0, len(valid), 7)
+        ]
+        for data in damaged:
+            self.writeCache(data)
+            with capturedLogs() as events:
+                self.assertEqual(self.session(), self.expected)
+            if data:
+                self.assertEqual(
+                    _warnings(events), [f"Ignoring the invalid listing cache {self.cache!r}"]
+                )
+            self.assertEqual(self.readCache(), valid)
+
+    def test_notRegularFile(self) -> None:
+        """
+        A FIFO or a directory in place of the cache is not read (nor waited on), and cannot
+        be replaced: the session goes on, with a warning.
+        """
+        for make in (os.mkfifo, os.mkdir):
+            make(self.cache)
+            with capturedLogs() as events:
+                self.assertEqual(self.session(), self.expected)
+            self.assertIn("Ignoring the unreadable listing cache", " ".join(_warnings(events)))
+            if os.path.isdir(self.cache):
+                os.rmdir(self.cache)
+            else:
+                os.unlink(self.cache)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_linksNotFollowed(self) -> None:
+        """
+        Symbolic links planted as the cache or its temporary file are neither read (the
+        listing they point to is not served) nor written through.
+        """
+        self.session()
+        outside = os.path.abspath(self.mktemp())
+        other = os.path.join(outside, "Maildir")
+        os.makedirs(other)
+        with open(os.path.join(other, "listing"), "wb") as f:
+            f.write(self.readCache())
+        with open(os.path.join(other, "target"), "wb") as f:
+            f.write(b"precious\n")
+        os.unlink(self.cache)
+        os.symlink(os.path.join(other, "listing"), self.cache)
+        os.symlink(os.path.join(other, "target"), self.cache + ".tmp")
+        self.deliver(self.path, "new", "1700000004.d", b"d\n")
+        self.assertEqual(self.session(), [*self.expected, MessageInfo(3, b"1700000004.d")])
+        with open(os.path.join(other, "target"), "rb") as f:
+            self.assertEqual(f.read(), b"precious\n")
+
+    def test_writeFailure(self) -> None:
+        """
+        A cache that cannot be written (a full disk) is only warned about: the session goes
+        on, no temporary file is left, and the next session reads the directories.
+        """
+        temporary = self.cache + ".tmp"
+        self.failOn("open", lambda path: path == temporary, errno.ENOSPC)
+        with capturedLogs() as events:
+            self.assertEqual(self.session(), self.expected)
+        self.assertEqual(len(_warnings(events)), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(
+            sorted(os.listdir(self.path)), ["cur", "new", "popd-index", "popd.lock", "tmp"]
+        )
+
+    def test_notWrittenWithoutIndex(self) -> None:
+        """
+        When the index that the listing computed sizes for cannot be written, neither is the
+        cache, which would say that sizes are saved.
+        """
+        self.failOn("replace", lambda path: path.endswith("popd-index.tmp"), errno.EIO)
+        self.assertEqual(self.session(), self.expected)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertFalse(os.path.exists(self.cache))
+
+    def test_hugeSize(self) -> None:
+        """
+        A listing with a size that does not fit in 64 bits (from a hand-made index) is served,
+        and not cached.
+        """
+        with open(self.index, "wb") as f:
+            f.write(_signedIndex([b"99999999999999999999 1700000001.a", b"4 1700000002.b"]))
+        self.assertEqual(self.session()[0].size, 99999999999999999999)
+        self.assertFalse(os.path.exists(self.cache))
+
+    def test_small(self) -> None:
+        """
+        Only a listing of L{maildir._CACHE_MINIMUM} messages or more is cached: reading the
+        directories of a smaller Maildir costs less than writing the cache.  A cache left by a
+        larger listing is removed by the first listing, or commit, that leaves fewer.
+        """
+        self.session()
+        self.patch(maildir, "_CACHE_MINIMUM", 3)
+        os.unlink(os.path.join(self.path, "cur", "1700000002.b:2,S"))
+        self.assertEqual(self.session(), [self.expected[0], self.expected[2]])
+        self.assertFalse(os.path.exists(self.cache))
+        self.deliver(self.path, "new", "1700000004.d", b"d\n")
+        self.assertEqual(len(self.session()), 3)
+        self.assertTrue(os.path.exists(self.cache))
+        drop = openMaildir(self.path, clock=lambda: 1700000100.0)
+        self.listing(drop)
+        self.successResultOf(drop.commit([0], [1]))
+        drop.close()
+        self.assertFalse(os.path.exists(self.cache))
+        self.assertEqual(
+            self.session(),
+            [
+                MessageInfo(9, b"1700000003.c,S=2,W=9", 1700000100.0),
+                MessageInfo(3, b"1700000004.d"),
+            ],
+        )
+
+    def test_commit(self) -> None:
+        """
+        A commit that records retrievals saves the listing with the index it wrote: the next
+        session reads the directories its renames changed, but does not parse the index.
+        """
+        drop = openMaildir(self.path, clock=lambda: 1700000100.0)
+        self.listing(drop)
+        self.successResultOf(drop.commit([2], [0]))
+        drop.close()
+        self.patch(maildir, "parseIndex", lambda data: self.fail("the index was parsed"))
+        self.forbidMeasuring()
+        self.assertEqual(
+            self.session(),
+            [MessageInfo(3, b"1700000001.a", 1700000100.0), self.expected[1]],
+        )
+
+    def test_orphan(self) -> None:
+        """
+        A message that another agent moved away and back keeps what the index saved of it,
+        although listings without it were saved in between.
+        """
+        drop = openMaildir(self.path, clock=lambda: 1700000100.0)
+        self.listing(drop)
+        self.successResultOf(drop.commit([], [1]))
+        drop.close()
+        away = os.path.abspath(self.mktemp())
+        os.rename(os.path.join(self.path, "cur", "1700000002.b:2,S"), away)
+        self.assertEqual(self.session(), [self.expected[0], self.expected[2]])
+        self.assertEqual(len(self.session()), 2)
+        os.rename(away, os.path.join(self.path, "cur", "1700000002.b:2,S"))
+        self.assertEqual(self.session()[1], MessageInfo(4, b"1700000002.b", 1700000100.0))
+
+
+def _rows(
+    bases: list[str],
+    infos: list[str] | None = None,
+    places: bytes | None = None,
+    sizes: list[int] | None = None,
+    retrieved: list[int | None] | None = None,
+    uidls: list[bytes] | None = None,
+    flags: bytes | None = None,
+    delivered: list[int] | None = None,
+) -> _index.Rows:
+    """
+    @return: rows of messages with the base names C{bases}, and the rest as given or made up.
+    """
+    count = len(bases)
+    return _index.Rows(
+        bases,
+        [""] * count if infos is None else infos,
+        b"n" * count if places is None else places,
+        list(range(count)) if delivered is None else delivered,
+        [10] * count if sizes is None else sizes,
+        [None] * count if retrieved is None else retrieved,
+        [name.encode() for name in bases] if uidls is None else uidls,
+        bytes(count) if flags is None else flags,
+    )
+
+
+def _listing(rows: _index.Rows, orphans: frozenset[str] = frozenset()) -> _index.ListingCache:
+    return _index.ListingCache(
+        sha256(b"index").digest(),
+        _index.Stamp(12, 1700000000123456789, 1700000000987654321),
+        True,
+        _index.Stamp(2**63, -5, 0),
+        False,
+        rows,
+        orphans,
+    )
+
+
+class ListingFormatTests(SynchronousTestCase):
+    """
+    Tests for the format of the listing cache: L{popd._index.formatListing} and
+    L{popd._index.parseListing}.
+    """
+
+    def assertSame(self, parsed: _index.ListingCache | None, cache: _index.ListingCache) -> None:
+        assert parsed is not None
+        self.assertEqual(
+            (parsed.index, parsed.new, parsed.newClean, parsed.cur, parsed.curClean),
+            (cache.index, cache.new, cache.newClean, cache.cur, cache.curClean),
+        )
+        self.assertEqual(parsed.orphans, cache.orphans)
+        for column in ("bases", "infos", "places", "delivered", "sizes", "retrieved", "uidls"):
+            self.assertEqual(getattr(parsed.rows, column), getattr(cache.rows, column), column)
+        self.assertEqual(parsed.rows.flags, cache.rows.flags)
+
+    def sample(self) -> _index.ListingCache:
+        bases = ["1700000000.a", "b c", "6.line\nbreak", "7.\udcff\udcfe", "", "x%41"]
+        return _listing(
+            _rows(
+                bases,
+                infos=[":2,S", "", ":2,RS", ":", ":1,x y", ""],
+                places=b"ncccnn",
+                sizes=[0, 1, 2**63 - 1, 5, 6, 7],
+                retrieved=[None, 0, 1700000000, None, 99999999999999999999, None],
+                uidls=[b"1700000000.a", b"u!~", b"d" * 70, b"7", b"e", b"x%41"],
+                flags=bytes((0, 1, 2, 3, 0, 1)),
+                delivered=[-5, 0, 1, 2**70, 3, 4],
+            ),
+            frozenset({"gone", "\udcff"}),
+        )
+
+    def test_roundTrip(self) -> None:
+        """
+        Every column, the stamps, cleanliness, orphans and the index digest are read as they
+        were written, whatever octets the names have.
+        """
+        cache = self.sample()
+        data = _index.formatListing(cache)
+        self.assertSame(_index.parseListing(data), cache)
+        empty = _listing(_rows([]))
+        self.assertSame(_index.parseListing(_index.formatListing(empty)), empty)
+        noIndex = replace(cache, index=b"")
+        self.assertSame(_index.parseListing(_index.formatListing(noIndex)), noIndex)
+
+    def test_damaged(self) -> None:
+        """
+        A cache truncated at any length, with any octet changed, or with anything after its
+        end, is rejected.
+        """
+        data = _index.formatListing(self.sample())
+        for length in range(len(data)):
+            self.assertIsNone(_index.parseListing(data[:length]), length)
+        for position in range(len(data)):
+            for flip in (0x01, 0x80):
+                changed = data[:position] + bytes([data[position] ^ flip]) + data[position + 1 :]
+                self.assertIsNone(_index.parseListing(changed), (position, flip))
+        self.assertIsNone(_index.parseListing(data + b"\n"))
+        self.assertIsNone(_index.parseListing(data + data))
+
+    def test_invalid(self) -> None:
+        """
+        A cache whose checksum is right but whose content is not what popd writes is rejected
+        whole: above all a name with a C{/} (the cache names the files to open and remove),
+        but also names no Maildir message has, UIDLs that POP3 does not allow or that two
+        messages share, sizes below 0, and fields that are not numbers.
+        """
+        invalid = [
+            _rows(["a/b"]),
+            _rows(["a"], infos=[":2,/S"]),
+            _rows(["a"], infos=["/x"]),
+            _rows(["a"], infos=["x"]),
+            _rows([".hidden"]),
+            _rows(["a:2,S"]),
+            _rows(["a", ".b"]),
+            _rows(["a"], uidls=[b"a b"]),
+            _rows(["a"], uidls=[b""]),
+            _rows(["a"], uidls=[b"x" * 71]),
+            _rows(["a"], uidls=[b"\xff"]),
+            _rows(["a", "b"], uidls=[b"x", b"x"]),
+            _rows(["a"], places=b"x"),
+            _rows(["a"], places=b"nn"),
+            _rows(["a"], flags=b"\x04"),
+            _rows(["a"], sizes=[-1]),
+            _rows(["a"], retrieved=[-1]),
+        ]
+        for rows in invalid:
+            self.assertIsNone(_index.parseListing(_index.formatListing(_listing(rows))))
+        self.assertIsNone(
+            _index.parseListing(_index.formatListing(_listing(_rows(["a"]), frozenset({"a/b"}))))
+        )
+        valid = _index.formatListing(_listing(_rows(["a", "b"], retrieved=[5, None])))
+        content = valid[: -len(b"end \n") - 64]
+        for old, new in [
+            (b"5 -", b"5 x"),
+            (b"5 -", b"5--"),
+            (b"5 -", b"+5 -"),
+            (b"5 -", b"5  "),
+            (b"0 1", b"0 x"),
+            (b"0 1", b"-0 -"),
+            (b"popd-listing 1", b"popd-listing 2"),
+            (b"\n2 0 ", b"\n3 0 "),
+        ]:
+            self.assertIn(old, content)
+            changed = content.replace(old, new, 1)
+            resigned = changed + b"end %s\n" % (sha256(changed).hexdigest().encode(),)
+            self.assertIsNone(_index.parseListing(resigned), new)
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.text(
+                    st.characters(exclude_categories=["Cs"], exclude_characters="/\0:"),
+                    max_size=20,
+                ).filter(lambda name: not name.startswith(".")),
+                st.sampled_from(["", ":", ":2,S", ":2,a b"]),
+                st.sampled_from(b"nc"),
+                st.integers(min_value=0, max_value=2**63 - 1),
+                st.one_of(st.none(), st.integers(min_value=0, max_value=10**20 - 1)),
+                st.integers(min_value=0, max_value=3),
+            ),
+            unique_by=lambda row: row[0],
+            max_size=8,
+        )
+    )
+    def test_roundTripProperty(
+        self, rows: list[tuple[str, str, int, int, int | None, int]]
+    ) -> None:
+        """
+        Whatever the names, sizes, times and flags, a cache reads back as it was written.
+        """
+        cache = _listing(
+            _rows(
+                [row[0] for row in rows],
+                infos=[row[1] for row in rows],
+                places=bytes(row[2] for row in rows),
+                sizes=[row[3] for row in rows],
+                retrieved=[row[4] for row in rows],
+                uidls=[b"u%d" % (number,) for number in range(len(rows))],
+                flags=bytes(row[5] for row in rows),
+            )
+        )
+        self.assertSame(_index.parseListing(_index.formatListing(cache)), cache)
 
 
 class OpenTests(_MaildirTestCase):
@@ -2504,6 +3178,26 @@ class UIDLMigrationTests(_MaildirTestCase):
             self.assertEqual(self.session("courier"), [b"UID1-1597643564", b"UID2-1597643564"])
             self.assertEqual(len(calls), 2, data)
 
+    def test_retriedWithReusedListing(self) -> None:
+        """
+        A legacy file that could not be used is read again by the next session even when it
+        reuses the saved listing as it is: once repaired, its UIDLs are served and saved, and
+        the session after reads neither it nor the directories (R22).
+        """
+        _settle(self)
+        self.patch(maildir, "_CACHE_MINIMUM", 0)
+        self.deliverAll(_DOVECOT_FILES)
+        self.writeFile("dovecot-uidlist", b"garbage\n")
+        own = [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES]
+        with capturedLogs():
+            self.assertEqual(self.session("dovecot"), own)
+        self.writeFile("dovecot-uidlist", _DOVECOT_V3)
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        opened = self.legacyOpens("dovecot-uidlist")
+        self.patch(os, "scandir", lambda path: self.fail("a directory was read"))
+        self.assertEqual(self.session("dovecot"), _DOVECOT_V3_UIDLS)
+        self.assertEqual(opened, [])
+
     def test_indexWriteFailure(self) -> None:
         """
         When the index cannot be saved, the session still serves the legacy UIDLs (the error is
@@ -2565,7 +3259,7 @@ class UIDLMigrationTests(_MaildirTestCase):
             drop = openMaildir(self.path, uidlMigration=migration)
             try:
                 uidls = [info.uidl for info in self.listing(drop)]
-                names = [message.baseName for message in drop._messages]
+                names = list(drop._rows.bases)
             finally:
                 drop.close()
             self.assertUniqueValid(uidls)
