@@ -9,8 +9,9 @@ numbers of the wire.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import NamedTuple
+from collections.abc import Collection, Iterator, Sequence
+from itertools import repeat
+from typing import NamedTuple, overload
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -32,6 +33,83 @@ class MessageInfo(NamedTuple):
     size: int
     uidl: bytes
     retrievedAt: float | None = None
+
+
+class Listing(Sequence[MessageInfo]):
+    """
+    A listing kept as columns, one entry per message: what a store with many messages returns,
+    so that a login makes no object per message.  STAT, LIST and UIDL read the columns; a
+    L{MessageInfo} is only made when one message is asked for.
+
+    @ivar sizes: each message's L{MessageInfo.size}.
+    @ivar uidls: each message's L{MessageInfo.uidl}.
+    @ivar retrievedAt: each message's L{MessageInfo.retrievedAt}, or L{None} when none is known.
+    @ivar octets: the sum of C{sizes}.
+    """
+
+    __slots__ = ("sizes", "uidls", "retrievedAt", "octets")
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        uidls: Sequence[bytes],
+        retrievedAt: Sequence[float | None] | None = None,
+    ) -> None:
+        """
+        The columns are kept, not copied: they must not change.
+
+        @raise ValueError: the columns are not of the same length.
+        """
+        if len(uidls) != len(sizes) or (retrievedAt is not None and len(retrievedAt) != len(sizes)):
+            raise ValueError("the columns of a listing must be of the same length")
+        self.sizes = sizes
+        self.uidls = uidls
+        self.retrievedAt = retrievedAt
+        self.octets = sum(sizes)
+
+    @classmethod
+    def of(cls, listing: Sequence[MessageInfo]) -> Listing:
+        """
+        @return: C{listing} as a L{Listing}: itself if it is one.
+        """
+        if isinstance(listing, Listing):
+            return listing
+        retrievedAt = [info.retrievedAt for info in listing]
+        return cls(
+            [info.size for info in listing],
+            [info.uidl for info in listing],
+            None if retrievedAt.count(None) == len(retrievedAt) else retrievedAt,
+        )
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @overload
+    def __getitem__(self, index: int) -> MessageInfo: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Listing: ...
+
+    def __getitem__(self, index: int | slice) -> MessageInfo | Listing:
+        retrievedAt = self.retrievedAt
+        if isinstance(index, slice):
+            return Listing(
+                self.sizes[index],
+                self.uidls[index],
+                None if retrievedAt is None else retrievedAt[index],
+            )
+        return MessageInfo(
+            self.sizes[index],
+            self.uidls[index],
+            None if retrievedAt is None else retrievedAt[index],
+        )
+
+    def __iter__(self) -> Iterator[MessageInfo]:
+        retrievedAt = repeat(None) if self.retrievedAt is None else self.retrievedAt
+        return map(MessageInfo, self.sizes, self.uidls, retrievedAt)
+
+    def __repr__(self) -> str:
+        return f"Listing({list(self)!r})"
 
 
 class IMessage(Interface):
@@ -68,7 +146,8 @@ class IMaildrop(Interface):
         List the maildrop.  The protocol calls this once per session: its order fixes the
         message numbers (RFC 1939 section 4), and mail delivered later is not part of it.
 
-        @return: a L{Deferred} firing with one L{MessageInfo} per message, in delivery order.
+        @return: a L{Deferred} firing with one L{MessageInfo} per message, in delivery order:
+            a L{Listing} when there may be many.
         """
 
     def open(index: int) -> Deferred[IMessage]:

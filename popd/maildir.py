@@ -64,7 +64,7 @@ from popd._index import (
 )
 from popd._wire import transmittedSize
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
-from popd.interfaces import IMaildrop, IMessage, MessageInfo
+from popd.interfaces import IMaildrop, IMessage, Listing, MessageInfo
 
 __all__ = [
     "Maildir",
@@ -839,7 +839,7 @@ class Maildir:
         # The UIDLs of the legacy file by base name, once read; None when it cannot be used.
         self._legacyRead = False
         self._legacy: dict[str, bytes] | None = None
-        self._listing: list[MessageInfo] | None = None
+        self._listing: Listing | None = None
         # The listed messages, and where each one looked for since was found.
         self._rows = _NO_ROWS
         self._located: dict[int, _Message] = {}
@@ -861,7 +861,7 @@ class Maildir:
                 return fail(TemporaryFailure())
         return succeed(self._listing)
 
-    def _takeListing(self) -> list[MessageInfo]:
+    def _takeListing(self) -> Listing:
         """
         Take the listing, from the listing cache or by reading what changed since it was saved,
         remember the messages in L{_rows}, and save the sizes that had to be computed, the
@@ -902,16 +902,9 @@ class Maildir:
             saved = replace(saved, index=digest or b"", orphans=frozenset())
         if digest is not None and saved is not cache:
             self._saveCache(saved, cached)
-        retrievedAt: list[float | None] = [None] * len(rows)
-        if rows.retrieved.count(None) != len(rows):
-            retrievedAt = [None if time is None else float(time) for time in rows.retrieved]
-        # tuple.__new__ is what MessageInfo._make calls, without a call in Python per message.
-        return list(
-            map(
-                tuple.__new__,
-                repeat(MessageInfo),
-                zip(rows.sizes, rows.uidls, retrievedAt, strict=True),
-            )
+        retrieved = rows.retrieved
+        return Listing(
+            rows.sizes, rows.uidls, None if retrieved.count(None) == len(rows) else retrieved
         )
 
     def _scanListing(

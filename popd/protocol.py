@@ -47,7 +47,7 @@ from zope.interface import implementer
 from popd._wire import CRLF, MessageEncoder, headerEnd, parseNumber
 from popd.credentials import APOPCredentials
 from popd.errors import MaildropInUse, MessageGone, PermanentFailure, TemporaryFailure
-from popd.interfaces import IMaildrop, IMessage, MessageInfo
+from popd.interfaces import IMaildrop, IMessage, Listing, MessageInfo
 from popd.limits import ConcurrencyLimit, FailurePenalty, IdleTimeouts, LoginDelay
 from popd.metrics import Metrics
 from popd.sasl import Challenge, ISASLExchange, ISASLMechanism, MalformedResponse, mechanismsFor
@@ -60,8 +60,9 @@ CHUNK_SIZE = 64 * 1024
 LANGUAGES = {b"en": b"English"}
 
 # The values of C{LIST} and C{UIDL} lines.
-_SIZE: Callable[[MessageInfo], object] = attrgetter("size")
-_UIDL: Callable[[MessageInfo], object] = attrgetter("uidl")
+# The columns of a listing that LIST and UIDL answer with.
+_SIZES: Callable[[Listing], Sequence[object]] = attrgetter("sizes")
+_UIDLS: Callable[[Listing], Sequence[object]] = attrgetter("uidls")
 
 
 class State(enum.Enum):
@@ -313,8 +314,8 @@ class _Transaction:
     __slots__ = ("listing", "_octets", "deleted", "retrieved", "highestAccessed")
 
     def __init__(self, listing: Sequence[MessageInfo]) -> None:
-        self.listing = listing
-        self._octets = sum(info.size for info in listing)
+        self.listing = Listing.of(listing)
+        self._octets = self.listing.octets
         # Sets are made at the first mark: an idle session holds none.
         self.deleted: AbstractSet[int] = _NO_MARKS
         self.retrieved: AbstractSet[int] = _NO_MARKS
@@ -343,15 +344,18 @@ class _Transaction:
         @return: the number of messages not marked deleted, and their octets.
         """
         listing, deleted = self.listing, self.deleted
-        return len(listing) - len(deleted), self._octets - sum(listing[i].size for i in deleted)
+        sizes = listing.sizes
+        return len(listing) - len(deleted), self._octets - sum(sizes[i] for i in deleted)
 
-    def scanListing(self, template: bytes, field: Callable[[MessageInfo], object]) -> list[bytes]:
+    def scanListing(
+        self, template: bytes, column: Callable[[Listing], Sequence[object]]
+    ) -> list[bytes]:
         """
         The scan listing lines of the messages not marked deleted, in order (rule R18).
 
-        @param template: formats a message number and the value of C{field} for it.
+        @param template: formats a message number and its value in C{column}.
         """
-        numbered: Iterable[tuple[int, object]] = enumerate(map(field, self.listing), 1)
+        numbered: Iterable[tuple[int, object]] = enumerate(column(self.listing), 1)
         deleted = self.deleted
         if deleted:
             numbered = ((n, value) for n, value in numbered if n - 1 not in deleted)
@@ -912,10 +916,13 @@ class POP3ServerProtocol(LineReceiver):
         if days == 0:
             return transaction.retrieved
         cutoff = self.factory.reactor.seconds() - days * 86400
+        retrievedAt = transaction.listing.retrievedAt
+        if retrievedAt is None:
+            return _NO_MARKS
         return {
             index
-            for index, info in enumerate(transaction.listing)
-            if info.retrievedAt is not None and info.retrievedAt <= cutoff
+            for index, moment in enumerate(retrievedAt)
+            if moment is not None and moment <= cutoff
         }
 
     def _committed(self, notRemoved: Sequence[int], removed: int) -> None:
@@ -972,30 +979,30 @@ class POP3ServerProtocol(LineReceiver):
             self.sendLine(b"+OK %d %d" % self._transaction.totals())
 
     def do_LIST(self, argument: bytes) -> None:
-        self._scanListing(argument, b"%d %d", _SIZE)
+        self._scanListing(argument, b"%d %d", _SIZES)
 
     def do_UIDL(self, argument: bytes) -> None:
-        self._scanListing(argument, b"%d %s", _UIDL)
+        self._scanListing(argument, b"%d %s", _UIDLS)
 
     def _scanListing(
-        self, argument: bytes, template: bytes, field: Callable[[MessageInfo], object]
+        self, argument: bytes, template: bytes, column: Callable[[Listing], Sequence[object]]
     ) -> None:
         """
         Answer C{LIST} or C{UIDL}: one message's line with an argument, every undeleted
         message's otherwise (rules R18, R22).
 
-        @param template: formats a message number and the value of C{field} for it.
+        @param template: formats a message number and its value in C{column}.
         """
         transaction = self._transaction
         assert transaction is not None
         if not argument:
-            lines = transaction.scanListing(template, field)
+            lines = transaction.scanListing(template, column)
             first = b"+OK %d messages (%d octets)" % transaction.totals()
             self._sendMultiline(first, lines)
             return
         index = self._messageIndex(argument)
         if index is not None:
-            self.sendLine(b"+OK " + template % (index + 1, field(transaction.listing[index])))
+            self.sendLine(b"+OK " + template % (index + 1, column(transaction.listing)[index]))
 
     def do_RETR(self, argument: bytes) -> Deferred[Any] | None:
         index = self._messageIndex(argument)
@@ -1004,7 +1011,7 @@ class POP3ServerProtocol(LineReceiver):
         assert self._transaction is not None
         self._statistics.retrieved += 1
         self._transaction.retrieve(index)
-        first = b"+OK %d octets" % (self._transaction.listing[index].size,)
+        first = b"+OK %d octets" % (self._transaction.listing.sizes[index],)
         return self._sendMessage(index, first, MessageEncoder())
 
     def do_TOP(self, argument: bytes) -> Deferred[Any] | None:

@@ -91,7 +91,7 @@ class _MaildirTestCase(SynchronousTestCase):
         return drop
 
     def listing(self, drop: IMaildrop) -> Sequence[MessageInfo]:
-        return self.successResultOf(drop.listing())
+        return list(self.successResultOf(drop.listing()))
 
     def uidls(self, path: str) -> list[bytes]:
         """
