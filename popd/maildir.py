@@ -276,11 +276,7 @@ class MaildirRealm:
         Find, open and lock a user's Maildir; see L{requestAvatar}.
         """
         maildrop = openMaildir(self._pathFor(avatarId), uidlMigration=self._uidlMigration)
-
-        def logout() -> None:
-            maildrop.close()
-
-        return (IMaildrop, maildrop, logout)
+        return (IMaildrop, maildrop, maildrop.logout)
 
     def _pathFor(self, avatarId: bytes | tuple[()]) -> str:
         """
@@ -815,6 +811,20 @@ class Maildir:
 
     @ivar path: the real path of the Maildir.
     """
+
+    # A Maildir lives as long as its session: slots keep an idle one small.
+    __slots__ = (
+        "path",
+        "_lockFD",
+        "_clock",
+        "_uidlMigration",
+        "_legacyRead",
+        "_legacy",
+        "_listing",
+        "_rows",
+        "_located",
+        "_entries",
+    )
 
     def __init__(
         self,
@@ -1818,3 +1828,9 @@ class Maildir:
                     "Could not close the lock of {path!r}", path=self.path, level=LogLevel.warn
                 )
         return succeed(None)
+
+    def logout(self) -> None:
+        """
+        Release the lock, as the logout that L{MaildirRealm} hands out with the Maildir.
+        """
+        self.close()
