@@ -28,7 +28,12 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import (
+    IReactorFromThreads,
+    IReactorProcess,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -108,9 +113,9 @@ def _tlsVersion(value: str) -> str:
     return value
 
 
-def _workers(value: str) -> int:
+def _perCPU(value: str) -> int:
     """
-    Coerce the number of worker processes: a positive number, or C{auto} for one per CPU.
+    Coerce a number of processes or threads: a positive number, or C{auto} for one per CPU.
 
     @raise ValueError: for anything else.
     """
@@ -337,7 +342,15 @@ Examples:
             1,
             "Processes serving the listening sockets, or auto for one per CPU; they share the "
             "Maildir locks. Example: --workers auto",
-            _workers,
+            _perCPU,
+        ],
+        [
+            "auth-threads",
+            None,
+            None,
+            "Threads that verify password hashes, or auto (the default) for one per CPU: "
+            "hashing is CPU work, and each thread more costs memory. Example: --auth-threads 4",
+            _perCPU,
         ],
         [
             "demo-port",
@@ -625,6 +638,8 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     raiseFileLimit()
+    # The reactor's threads only verify password hashes here.
+    IReactorThreads(reactor).suggestThreadPoolSize(options["auth-threads"] or _perCPU("auto"))
     server = buildServer(options, reactor)
     workers = options["workers"] - 1
     service = MultiService()  # type: ignore[no-untyped-call]

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.plugin import getPlugins
@@ -357,6 +358,20 @@ class OptionsTests(SynchronousTestCase):
         resource = sites[0].factory.resource
         assert isinstance(resource, MetricsResource)
         self.assertIs(resource._metrics, _factoryOf(service).metrics)
+
+    def test_authThreads(self) -> None:
+        """
+        C{--auth-threads} sizes the reactor's thread pool, where password hashes are verified:
+        one thread per CPU unless told otherwise, since more cost memory and hash no faster.
+        """
+        pool = reactor.getThreadPool()  # type: ignore[attr-defined]
+        self.addCleanup(reactor.suggestThreadPoolSize, pool.max)  # type: ignore[attr-defined]
+        for given, expected in [((), os.cpu_count()), (("--auth-threads", "3"), 3)]:
+            makeService(_parse(*self.files.store(), *given))
+            self.assertEqual(pool.max, expected)
+        self.assertEqual(_parse("--auth-threads", "auto")["auth-threads"], os.cpu_count())
+        for value in ("0", "-1", "many"):
+            self.assertUsageError("", "--auth-threads", value)
 
     def test_expireNever(self) -> None:
         """
