@@ -38,6 +38,7 @@ __all__ = [
     "formatIndex",
     "formatIndexColumns",
     "formatListing",
+    "listingDigest",
     "ownUidl",
     "ownUidls",
     "parseIndex",
@@ -558,6 +559,14 @@ def formatListing(cache: ListingCache) -> bytes:
     )
     content = _LISTING_HEADER + fields + b"".join(blocks)
     return content + b"end %s\n" % (sha256(content).hexdigest().encode("ascii"),)
+
+
+def listingDigest(content: bytes) -> bytes:
+    """
+    @return: the digest of the content of a listing cache made by L{formatListing}, as
+        L{readListing} gives it.
+    """
+    return bytes.fromhex(content[-_TRAILER_LENGTH + len(b"end ") : -1].decode("ascii"))
 
 
 def parseListing(data: bytes) -> ListingCache | None:

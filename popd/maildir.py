@@ -32,6 +32,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from hashlib import sha256
 from itertools import filterfalse, repeat
 from operator import itemgetter, methodcaller
@@ -45,6 +46,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import Interface, implementer
 
 from popd import uidlmigration
+from popd._filememo import FileMemo, fileStamp
 from popd._index import (
     INDEX_FILE,
     LISTING_FILE,
@@ -58,6 +60,7 @@ from popd._index import (
     formatIndex,
     formatIndexColumns,
     formatListing,
+    listingDigest,
     ownUidls,
     parseIndex,
     readListing,
@@ -93,6 +96,13 @@ _CHUNK = 65536
 # directories of a smaller Maildir costs less than writing the cache at every session that finds
 # new mail.
 _CACHE_MINIMUM = 500
+
+# What this process last read from or wrote to the indexes and listing caches, while they are
+# unchanged: a session that finds them as the last one left them reads neither.  The digests of
+# the indexes, by Maildir; and the listings of the largest Maildirs used last, by message count
+# (about 100 octets a message).
+_INDEX_DIGESTS: FileMemo[bytes] = FileMemo(10_000)
+_LISTINGS: FileMemo[tuple[ListingCache, bytes]] = FileMemo(200_000)
 # A directory whose modification or change time is less than this before the file system's
 # clock when it is read may change again within the same tick of that clock without its times
 # changing: a listing of it is not reused.  Dovecot's Maildir code waits the same second.
@@ -433,14 +443,22 @@ def _readFile(path: str) -> bytes:
     """
     fd = os.open(path, _READ_FLAGS)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        # One read gets all of a file that did not grow; the next one confirms the end.
-        wanted = max(info.st_size + 1, _CHUNK)
-        return b"".join(iter(lambda: os.read(fd, wanted), b""))
+        return _readOpened(fd, path)
     finally:
         os.close(fd)
+
+
+def _readOpened(fd: int, path: str) -> bytes:
+    """
+    @return: the content of the file open as C{fd}, which must be the regular file C{path}.
+    @raise OSError: it cannot be read, or is not a regular file (C{EINVAL}).
+    """
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    # One read gets all of a file that did not grow; the next one confirms the end.
+    wanted = max(info.st_size + 1, _CHUNK)
+    return b"".join(iter(lambda: os.read(fd, wanted), b""))
 
 
 def _pread(fd: int, length: int, offset: int) -> bytes:
@@ -901,7 +919,9 @@ class Maildir:
             # Neither directory changed: the saved listing is the listing.
             saved, computed = cache, False
         else:
-            saved, computed = self._scanListing(cache, index, digest or b"", stamps)
+            saved, computed = self._scanListing(
+                cache, partial(self._indexContent, index, digest), digest or b"", stamps
+            )
         rows = saved.rows
         chosen = self._chooseUidls(rows)
         self._rows = rows
@@ -920,13 +940,13 @@ class Maildir:
     def _scanListing(
         self,
         cache: ListingCache | None,
-        index: bytes | None,
+        index: Callable[[], bytes | None],
         digest: bytes,
         initial: tuple[Stamp, Stamp] = (NO_STAMP, NO_STAMP),
     ) -> tuple[ListingCache, bool]:
         """
         Take the listing by reading the directories that changed since C{cache} was saved (all
-        of them without a cache), and the index C{index} when the cache does not say enough.
+        of them without a cache), and the index when the cache does not say enough.
 
         What a directory read holds is compared with what the cache has of it, by file name:
         only the names that appeared are looked at one by one (new messages, and messages
@@ -938,7 +958,7 @@ class Maildir:
         once C{new/} was read.
 
         @param cache: a cache saved with the current index, or L{None}.
-        @param index: the content of the index, or L{None} when there is none.
+        @param index: reads the content of the index; L{None} when there is none.
         @param digest: the digest of the index, as the cache saves it.
         @param initial: the stamps of C{new/} and C{cur/} a moment ago.
         @return: the listing, as the listing cache will save it (C{cache} itself when nothing
@@ -1010,8 +1030,9 @@ class Maildir:
                     removed.add(position)
         known: dict[str, Entry] = {}
         orphans = set() if cache is None else set(cache.orphans)
-        if cache is None and index is not None:
-            known = self._parseIndex(index)
+        content = None if cache is not None else index()
+        if content is not None:
+            known = self._parseIndex(content)
             orphans = set(known.keys() - appeared.keys())
         elif removed:
             # The index keeps the entries of the messages gone since it was written.
@@ -1020,9 +1041,11 @@ class Maildir:
                 for position in removed
                 if rows.flags[position] or rows.retrieved[position] is not None
             )
-        if index is not None and cache is not None and not orphans.isdisjoint(appeared):
+        if cache is not None and not orphans.isdisjoint(appeared):
             # A message is back: what the index says of it.
-            known = self._parseIndex(index)
+            content = index()
+            if content is not None:
+                known = self._parseIndex(content)
         orphans.difference_update(appeared)
         kept = _moved(rows, moved)
         if removed:
@@ -1460,18 +1483,44 @@ class Maildir:
 
     def _readIndex(self) -> tuple[bytes | None, bytes | None]:
         """
-        @return: the content of the index, or L{None} when it is missing or unreadable; and
-            its SHA-256, C{b""} when it is missing, L{None} when it is unreadable.
+        @return: the content of the index, or L{None} when it is missing or unreadable, or was
+            not read: its digest is known from a listing of this process (see L{_indexContent});
+            and its SHA-256, C{b""} when it is missing, L{None} when it is unreadable.
         """
         path = os.path.join(self.path, INDEX_FILE)
         try:
-            data = _readFile(path)
+            fd = os.open(path, _READ_FLAGS)
+            try:
+                stamp = fileStamp(os.fstat(fd))
+                digest = _INDEX_DIGESTS.get(path, stamp)
+                if digest is not None:
+                    return None, digest
+                data = _readOpened(fd, path)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return None, b""
         except OSError:
             _log.failure("Ignoring the unreadable index {path!r}", path=path, level=LogLevel.warn)
             return None, None
-        return data, sha256(data).digest()
+        digest = sha256(data).digest()
+        _INDEX_DIGESTS.remember(path, stamp, digest)
+        return data, digest
+
+    def _indexContent(self, read: bytes | None, digest: bytes | None) -> bytes | None:
+        """
+        @param read: the content of the index that L{_readIndex} read, if it did.
+        @param digest: the digest that L{_readIndex} found.
+        @return: the content of the index; L{None} when there is none, or it cannot be read.
+        """
+        if read is not None or not digest:
+            return read
+        path = os.path.join(self.path, INDEX_FILE)
+        try:
+            return _readFile(path)
+        except OSError:
+            _log.failure("Ignoring the unreadable index {path!r}", path=path, level=LogLevel.warn)
+            return None
 
     def _parseIndex(self, data: bytes) -> dict[str, Entry]:
         """
@@ -1498,6 +1547,10 @@ class Maildir:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode):
                     raise OSError(errno.EINVAL, "not a regular file", path)
+                stamp = fileStamp(info)
+                remembered = _LISTINGS.get(path, stamp)
+                if remembered is not None:
+                    return remembered
                 # Block by block: no copy of the whole file, read or cut in pieces.
                 read = readListing(lambda offset, length: _pread(fd, length, offset), info.st_size)
             finally:
@@ -1514,6 +1567,7 @@ class Maildir:
         if read is None:
             _log.warn("Ignoring the invalid listing cache {path!r}", path=path)
             return None, b""
+        _LISTINGS.remember(path, stamp, read, len(read[0].rows))
         return read
 
     def _saveCache(self, cache: ListingCache, old: bytes | None) -> None:
@@ -1553,8 +1607,10 @@ class Maildir:
                 index.write(content)
                 index.flush()
                 os.fsync(fd)
-            os.replace(temporary, os.path.join(self.path, INDEX_FILE))
+            path = os.path.join(self.path, INDEX_FILE)
+            os.replace(temporary, path)
             replaced = True
+            _INDEX_DIGESTS.remember(path, fileStamp(os.stat(path)), sha256(content).digest())
             _fsyncDirectory(self.path)
         except OSError:
             _log.failure(
@@ -1586,7 +1642,9 @@ class Maildir:
             fd = os.open(temporary, _WRITE_FLAGS, 0o600)
             with open(fd, "wb") as file:
                 file.write(content)
-            os.replace(temporary, os.path.join(self.path, LISTING_FILE))
+            path = os.path.join(self.path, LISTING_FILE)
+            os.replace(temporary, path)
+            _LISTINGS.remember(path, fileStamp(os.stat(path)), (cache, listingDigest(content)))
         except OSError as e:
             _log.warn(
                 "Could not save the listing cache of {path!r}: {error}",

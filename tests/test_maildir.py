@@ -11,10 +11,11 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from hashlib import sha256
-from typing import Any
+from typing import Any, BinaryIO
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
 from popd import _index, maildir
+from popd._filememo import FileMemo
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
 from popd.maildir import Maildir, MaildirRealm, expandTemplate, openMaildir, validUsername
@@ -56,8 +58,25 @@ def _oserror(code: int) -> OSError:
 
 class _MaildirTestCase(SynchronousTestCase):
     """
-    Helpers to build Maildirs and open them.
+    Helpers to build Maildirs and open them.  Each test starts with nothing remembered of the
+    files popd keeps (see L{popd._filememo}).
     """
+
+    def setUp(self) -> None:
+        self.patch(maildir, "_INDEX_DIGESTS", FileMemo(maildir._INDEX_DIGESTS._capacity))
+        self.patch(maildir, "_LISTINGS", FileMemo(maildir._LISTINGS._capacity))
+
+    @contextmanager
+    def rewriting(self, path: str) -> Iterator[BinaryIO]:
+        """
+        Open the file at C{path} to be written over in place, as another program would; then
+        forget what this process remembers of the files popd keeps, as a new process would: a
+        change in place within one tick of a coarse file system clock would not be seen.
+        """
+        with open(path, "wb") as f:
+            yield f
+        maildir._INDEX_DIGESTS.clear()
+        maildir._LISTINGS.clear()
 
     def makeMaildir(self) -> str:
         """
@@ -266,6 +285,7 @@ class RealmTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.top = os.path.abspath(self.mktemp())
         self.root = os.path.join(self.top, "mail")
         os.makedirs(self.root)
@@ -451,6 +471,7 @@ class ListingTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
 
     def test_interface(self) -> None:
@@ -673,6 +694,7 @@ class UIDLTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
 
     def test_baseName(self) -> None:
@@ -766,6 +788,7 @@ class IndexTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
         self.index = os.path.join(self.path, "popd-index")
         self.deliver(self.path, "new", "1.a", b"a\nb\n")
@@ -786,7 +809,7 @@ class IndexTests(_MaildirTestCase):
             return f.read()
 
     def writeIndex(self, data: bytes) -> None:
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(data)
 
     def test_reused(self) -> None:
@@ -1032,6 +1055,7 @@ class ListingCacheTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
         self.cache = os.path.join(self.path, "popd-listing")
         self.index = os.path.join(self.path, "popd-index")
@@ -1075,7 +1099,7 @@ class ListingCacheTests(_MaildirTestCase):
             return f.read()
 
     def writeCache(self, data: bytes) -> None:
-        with open(self.cache, "wb") as f:
+        with self.rewriting(self.cache) as f:
             f.write(data)
 
     def forbidWrites(self) -> None:
@@ -1101,6 +1125,63 @@ class ListingCacheTests(_MaildirTestCase):
         self.assertEqual(self.readAll(self.successResultOf(drop.open(1))), b"bb\n")
         self.assertEqual(self.readAll(self.successResultOf(drop.open(0))), b"a\n")
         self.assertEqual(scanned, [])
+
+    def test_remembered(self) -> None:
+        """
+        A process that listed a Maildir reads neither its index nor its cache again while
+        they are unchanged: the listing it took or saved stands for them.
+        """
+        self.assertEqual(self.session(), self.expected)
+        self.forbidMeasuring()
+        self.forbidWrites()
+        self.patch(maildir, "readListing", lambda *args: self.fail("the cache was read"))
+        self.patch(maildir, "_readOpened", lambda *args: self.fail("the index was read"))
+        self.assertEqual(self.session(), self.expected)
+        self.assertEqual(self.session(), self.expected)
+
+    def test_rememberedReadAfterReplaced(self) -> None:
+        """
+        A cache that another process renamed over the one this process remembers is read:
+        what it lists is what the session lists.
+        """
+        self.session()
+        cache = _index.parseListing(self.readCache())
+        assert cache is not None
+        rows = cache.rows
+        other = replace(
+            cache,
+            rows=_index.Rows(
+                rows.bases,
+                rows.infos,
+                rows.places,
+                rows.delivered,
+                [size + 100 for size in rows.sizes],
+                rows.retrieved,
+                rows.uidls,
+                rows.flags,
+            ),
+        )
+        temporary = self.cache + ".other"
+        with open(temporary, "wb") as f:
+            f.write(_index.formatListing(other))
+        os.replace(temporary, self.cache)
+        self.assertEqual(
+            [info.size for info in self.session()], [info.size + 100 for info in self.expected]
+        )
+
+    def test_rememberedIndexReplaced(self) -> None:
+        """
+        An index that another process renamed over the one this process remembers is read,
+        and the cache saved with the one before is not used.
+        """
+        self.session()
+        temporary = self.index + ".other"
+        with open(temporary, "wb") as f:
+            f.write(_signedIndex([b"99 1700000001.a", b"98 1700000002.b"]))
+        os.replace(temporary, self.index)
+        scanned = self.scans()
+        self.assertEqual([info.size for info in self.session()], [99, 98, 9])
+        self.assertEqual(sorted(scanned), ["cur", "new"])
 
     def test_delivery(self) -> None:
         """
@@ -1287,7 +1368,7 @@ class ListingCacheTests(_MaildirTestCase):
         A cache saved with another index is not used: the sizes are the index's.
         """
         self.session()
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(_signedIndex([b"99 1700000001.a", b"98 1700000002.b"]))
         self.forbidMeasuring()
         self.assertEqual([info.size for info in self.session()], [99, 98, 9])
@@ -1391,7 +1472,7 @@ class ListingCacheTests(_MaildirTestCase):
         A listing with a size that does not fit in 64 bits (from a hand-made index) is served,
         and not cached.
         """
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(_signedIndex([b"99999999999999999999 1700000001.a", b"4 1700000002.b"]))
         self.assertEqual(self.session()[0].size, 99999999999999999999)
         self.assertFalse(os.path.exists(self.cache))
@@ -1647,6 +1728,7 @@ class OpenTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
         self.content = b"Subject: hi\n\nbody\n"
         self.deliver(self.path, "new", "1.a", self.content)
@@ -1744,6 +1826,7 @@ class CommitTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
         self.names = ["1.a", "2.b", "3.c", "4.d"]
         for name in self.names:
@@ -1862,6 +1945,7 @@ class RetrievalTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
         self.index = os.path.join(self.path, "popd-index")
         self.names = ["1.a", "2.b", "3.c", "4.d"]
@@ -2075,7 +2159,7 @@ class RetrievalTests(_MaildirTestCase):
         An index of version 1 is read: its sizes are used, and the commit that records a
         retrieval rewrites it in version 2 with those sizes.
         """
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(_signedIndex([b"9 1.a", b"8 2.b", b"7 3.c", b"6 4.d"], header=b"popd-index 1"))
         self.forbidMeasuring()
         self.commitSession([], [3])
@@ -2099,7 +2183,7 @@ class RetrievalTests(_MaildirTestCase):
         """
         self.commitSession([], [0, 1])
         valid = self.readIndex()
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(valid.replace(b"1.a 1700000100", b"1.a 1000000000"))
         calls = self.countMeasuring()
         self.assertEqual(self.retrievedAt(), [None] * 4)
@@ -2254,6 +2338,7 @@ class LockTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
 
     def spawnLocker(self, hold: bool) -> subprocess.Popen[str]:
@@ -2420,6 +2505,7 @@ class UIDLMigrationTests(_MaildirTestCase):
     """
 
     def setUp(self) -> None:
+        super().setUp()
         self.path = self.makeMaildir()
         self.index = os.path.join(self.path, "popd-index")
 
@@ -3047,7 +3133,7 @@ class UIDLMigrationTests(_MaildirTestCase):
         self.deliverAll(_COURIER_FILES)
         self.writeFile("courierpop3dsizelist", _COURIER_V3)
         names = [name.partition(":")[0].encode() for _, name in _COURIER_FILES]
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(
                 _signedIndex(
                     [b"9 " + names[0] + b" 1700000000", b"8 " + names[1], b"7 " + names[2]]
@@ -3090,7 +3176,7 @@ class UIDLMigrationTests(_MaildirTestCase):
         self.deliverAll(_COURIER_FILES[:2])
         self.writeFile("courierpop3dsizelist", _COURIER_V2)
         names = [name.partition(":")[0].encode() for _, name in _COURIER_FILES[:2]]
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(_signedIndex([b"9 " + names[0], b"8 " + names[1]], header=b"popd-index 1"))
         self.forbidMeasuring()
         drop = openMaildir(self.path, uidlMigration="courier")
@@ -3118,7 +3204,7 @@ class UIDLMigrationTests(_MaildirTestCase):
         self.deliverAll(_DOVECOT_FILES[:4])
         self.writeFile("dovecot-uidlist", _DOVECOT_V3)
         names = [name.partition(":")[0].encode() for _, name in _DOVECOT_FILES[:4]]
-        with open(self.index, "wb") as f:
+        with self.rewriting(self.index) as f:
             f.write(
                 _signedIndex(
                     [
@@ -3172,7 +3258,7 @@ class UIDLMigrationTests(_MaildirTestCase):
         ]
         calls = self.countMeasuring()
         for data in corrupt:
-            with open(self.index, "wb") as f:
+            with self.rewriting(self.index) as f:
                 f.write(data)
             del calls[:]
             self.assertEqual(self.session("courier"), [b"UID1-1597643564", b"UID2-1597643564"])
