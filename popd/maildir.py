@@ -34,7 +34,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from hashlib import sha256
-from itertools import filterfalse, repeat
+from itertools import filterfalse, islice, repeat
 from operator import itemgetter, methodcaller
 from typing import TypeVar, cast
 from urllib.parse import unquote
@@ -47,6 +47,7 @@ from zope.interface import Interface, implementer
 
 from popd import uidlmigration
 from popd._filememo import FileMemo, fileStamp
+from popd._forkmap import forkMap
 from popd._index import (
     INDEX_FILE,
     LISTING_FILE,
@@ -96,6 +97,9 @@ _CHUNK = 65536
 # directories of a smaller Maildir costs less than writing the cache at every session that finds
 # new mail.
 _CACHE_MINIMUM = 500
+
+# Messages to size at once from which a child process sizes half of them on another core.
+_FORK_MINIMUM = 4096
 
 # What this process last read from or wrote to the indexes and listing caches, while they are
 # unchanged: a session that finds them as the last one left them reads neither.  The digests of
@@ -424,9 +428,9 @@ def _measure(path: str, directoryFD: int | None = None) -> int:
         fd = os.open(path, _READ_FLAGS, dir_fd=directoryFD)
     try:
         data = os.read(fd, _CHUNK)
-        rest = os.read(fd, _CHUNK) if data else b""
-        if rest:
-            chunks = [data, rest]
+        # A shorter read than asked for is the end of a regular file.
+        if len(data) == _CHUNK:
+            chunks = [data]
             chunks.extend(iter(lambda: os.read(fd, _CHUNK), b""))
             return transmittedSize(chunks)
     finally:
@@ -620,6 +624,10 @@ def _located(names: Iterable[str], subdirectory: str) -> dict[str, tuple[str, st
     @return: the messages of C{subdirectory} whose file names are C{names}, by base name: the
         subdirectory, and what follows the base name in the file name.
     """
+    names = list(names)
+    if ":" not in "".join(names):
+        # No flags (as in new/): each name is a base name.
+        return dict.fromkeys(names, (subdirectory, ""))
     parts = list(map(_PARTITION, names))
     return dict(
         zip(
@@ -1122,9 +1130,11 @@ class Maildir:
         """
         if not found:
             return _NO_ROWS, False
-        bases = list(found)
+        # In order of base names from the start: the listing order is by delivery time, then
+        # base name, and most messages were delivered in order.
+        bases = sorted(found)
         count = len(bases)
-        locations = list(found.values())
+        locations = list(map(found.__getitem__, bases))
         subdirectories: list[str] = list(map(itemgetter(0), locations))
         infos: list[str] = list(map(itemgetter(1), locations))
         # Delivery times: the number that starts a conventional name.
@@ -1176,7 +1186,9 @@ class Maildir:
             positions = [
                 i for i in unknown if subdirectories[i] == subdirectory and sizes[i] is None
             ]
-            if positions:
+            if len(positions) == count:
+                sizes = list(self._measureAll(positions, bases, subdirectories, infos, gone))
+            elif positions:
                 measured = self._measureAll(positions, bases, subdirectories, infos, gone)
                 for position, size in zip(positions, measured, strict=True):
                     sizes[position] = size
@@ -1192,8 +1204,9 @@ class Maildir:
                 return _NO_ROWS, bool(unknown)
         # Every message left has its delivery time and size.
         times = cast("list[int]", delivered)
-        order = sorted(range(count), key=bases.__getitem__)
-        order.sort(key=times.__getitem__)
+        order = list(range(count))
+        if not all(map(operator.le, times, islice(times, 1, None))):
+            order.sort(key=times.__getitem__)
         uidls = ownUidls(bases)
         if saved.count(None) != count:
             uidls = [own if uidl is None else uidl for own, uidl in zip(uidls, saved, strict=True)]
@@ -1235,7 +1248,7 @@ class Maildir:
         subdirectories: list[str],
         infos: list[str],
         gone: set[int],
-    ) -> list[int | None]:
+    ) -> Sequence[int | None]:
         """
         Measure the messages at C{positions} in the columns, all in one subdirectory, opened by
         name in it; one that another agent moved is looked for by base name, and its new place
@@ -1250,7 +1263,7 @@ class Maildir:
         measure = _measure
         try:
             if directoryFD is not None:
-                return list(map(measure, names, repeat(directoryFD)))
+                return forkMap(partial(measure, directoryFD=directoryFD), names, _FORK_MINIMUM)
         except FileNotFoundError:
             pass
         finally:

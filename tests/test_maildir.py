@@ -537,6 +537,63 @@ class ListingTests(_MaildirTestCase):
         sizes = [info.size for info in self.listing(self.openDrop(self.path))]
         self.assertEqual(sizes, [6, 6, 6, 6, 6])
 
+    def test_sizesInTwoProcesses(self) -> None:
+        """
+        When many messages are sized at once, a child process sizes half of them, to the same
+        sizes (R19).
+        """
+        self.patch(maildir, "_FORK_MINIMUM", 2)
+        self.patch(os, "cpu_count", lambda: 2)
+        contents = [
+            b"a\nb\n",
+            b"a\r\nb\r\n",
+            b"a\r\nb\n",
+            b"a\nb",
+            b"\n\n\r\n",
+            b"x" * 65535 + b"\r\ny\n",
+        ]
+        for number, content in enumerate(contents):
+            self.deliver(self.path, "new", f"{number}.m", content)
+        record = os.path.abspath(self.mktemp())
+        real = maildir._measure
+
+        def measure(path: str, directoryFD: int | None = None) -> int:
+            with open(record, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            return real(path, directoryFD)
+
+        self.patch(maildir, "_measure", measure)
+        sizes = [info.size for info in self.listing(self.openDrop(self.path))]
+        self.assertEqual(sizes, [6, 6, 6, 6, 6, 65535 + 2 + 3])
+        with open(record) as f:
+            self.assertEqual(len(set(f.read().split())), 2)
+
+    def test_removedWhileSizedByChild(self) -> None:
+        """
+        A message that another agent removes while a child process sizes it is not listed.
+        """
+        self.patch(maildir, "_FORK_MINIMUM", 2)
+        self.patch(os, "cpu_count", lambda: 2)
+        for number in range(4):
+            self.deliver(self.path, "new", f"{number}.m", b"m\n")
+        real = maildir._measure
+        record = os.path.abspath(self.mktemp())
+        parent = os.getpid()
+
+        def measure(path: str, directoryFD: int | None = None) -> int:
+            if os.getpid() != parent and not os.path.exists(record):
+                with open(record, "w") as f:
+                    f.write(path)
+                os.unlink(path, dir_fd=directoryFD)
+            return real(path, directoryFD)
+
+        self.patch(maildir, "_measure", measure)
+        uidls = [info.uidl for info in self.listing(self.openDrop(self.path))]
+        with open(record) as f:
+            removed = f.read().encode()
+        self.assertEqual(uidls, [b"%d.m" % (n,) for n in range(4) if b"%d.m" % (n,) != removed])
+        self.assertEqual(len(uidls), 3)
+
     def test_sizeAcrossChunks(self) -> None:
         """
         A CRLF split between two reads of a large message is counted once (R19).
