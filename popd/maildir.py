@@ -850,6 +850,7 @@ class Maildir:
         "_rows",
         "_located",
         "_entries",
+        "_unsaved",
     )
 
     def __init__(
@@ -881,6 +882,8 @@ class Maildir:
         self._located: dict[int, _Message] = {}
         # What the index should hold for the listed messages, by base name, once needed.
         self._entries: dict[str, Entry] | None = None
+        # Saves what the listing learned, until the session ends or a commit saves more.
+        self._unsaved: Callable[[], None] | None = None
 
     def listing(self) -> Deferred[Sequence[MessageInfo]]:
         """
@@ -933,17 +936,43 @@ class Maildir:
         rows = saved.rows
         chosen = self._chooseUidls(rows)
         self._rows = rows
-        if computed or chosen:
-            content = self._writeIndex(_indexOf(rows))
+        save = partial(self._saveListing, saved, cache, cached, digest, computed or chosen)
+        if chosen:
+            # UIDLs chosen are saved before they are served (R22).
+            save()
+        else:
+            # Sizes are the same when computed again: they are saved when the session ends
+            # (at the commit, or at the close without one), not while the client waits to
+            # begin.
+            self._unsaved = save
+        retrieved = rows.retrieved
+        return Listing(
+            rows.sizes, rows.uidls, None if retrieved.count(None) == len(rows) else retrieved
+        )
+
+    def _saveListing(
+        self,
+        saved: ListingCache,
+        cache: ListingCache | None,
+        cached: bytes | None,
+        digest: bytes | None,
+        indexChanged: bool,
+    ) -> None:
+        """
+        Save what a listing learned: the index when it computed sizes or chose UIDLs, then the
+        listing cache, unless it was read as it is or the index could not be read or written.
+
+        @param saved: the listing, as the cache saves it.
+        @param cache: the cache that was read, if any; C{cached}, the digest of its file.
+        @param digest: the digest of the index that was read.
+        """
+        if indexChanged:
+            content = self._writeIndex(_indexOf(saved.rows))
             digest = None if content is None else sha256(content).digest()
             # The index written has exactly the entries of the listed messages.
             saved = replace(saved, index=digest or b"", orphans=frozenset())
         if digest is not None and saved is not cache:
             self._saveCache(saved, cached)
-        retrieved = rows.retrieved
-        return Listing(
-            rows.sizes, rows.uidls, None if retrieved.count(None) == len(rows) else retrieved
-        )
 
     def _scanListing(
         self,
@@ -1713,6 +1742,7 @@ class Maildir:
         """
         messages = {index: self._message(index) for index in deleted}
         seen = {index: self._message(index) for index in retrieved if index not in messages}
+        self._saveUnsaved()
         failed: set[int] = set()
         removed: dict[str, list[int]] = {"new": [], "cur": []}
 
@@ -1883,13 +1913,26 @@ class Maildir:
         # messages: it is replaced, or removed if too few are left.
         self._saveCache(cache, b"" if len(rows) >= _CACHE_MINIMUM else None)
 
+    def _saveUnsaved(self) -> None:
+        """
+        Save what the listing learned, if it is not saved yet (see L{_takeListing}).
+        """
+        save, self._unsaved = self._unsaved, None
+        if save is not None:
+            try:
+                save()
+            except Exception:
+                _log.failure("Could not save the listing of {path!r}", path=self.path)
+
     def close(self) -> Deferred[None]:
         """
-        Release the lock.  Idempotent; never removes anything.
+        Save what the listing learned if no commit did (see L{_takeListing}), and release the
+        lock.  Idempotent; never removes anything.
 
         @return: a L{Deferred} that has fired.
         """
         if self._lockFD is not None:
+            self._saveUnsaved()
             lockFD, self._lockFD = self._lockFD, None
             _lockedMaildirs.discard(self.path)
             try:

@@ -17,6 +17,7 @@ changed.  Every fault that fires is recorded, so that a test can check it really
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
@@ -311,6 +312,22 @@ class Maildir:
         return self.files()[base]
 
     def remove(self) -> None:
+        """
+        Remove the Maildir, once no server holds it: a session the server has only just seen
+        end may still be saving to it.
+        """
+        lock = self.path.child("popd.lock")
+        if lock.exists():
+            with open(lock.path, "rb+") as f:
+
+                def free() -> bool:
+                    try:
+                        fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        return False
+                    return True
+
+                waitFor(free, TIMEOUT, f"the server to let go of {self.path.path}")
         if self.path.exists():
             self.path.remove()
 

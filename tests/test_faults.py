@@ -195,10 +195,10 @@ class CrashTests(_FaultTestCase):
 
     def test_killedDuringIndexWrite(self) -> None:
         """
-        The index is replaced atomically: SIGKILLed at each step of the login that writes it
-        (sizes of newly delivered messages computed), the server leaves either the old index or
-        the complete new one, never a torn one, and the next session lists the right sizes and
-        UIDLs.
+        The index is replaced atomically: SIGKILLed at each step of a session that writes it
+        (sizes of newly delivered messages computed at login, saved at QUIT), the server leaves
+        either the old index or the complete new one, never a torn one, and the next session
+        lists the right sizes and UIDLs.
 
         Rules: R19, R22.
         """
@@ -216,14 +216,18 @@ class CrashTests(_FaultTestCase):
         everything = messages + extra
         sandbox.faults(trace=True)
         client = server.session()
+        self.assertEqual(client.quit(), b"+OK Bye; 0 messages removed.")
         steps = sandbox.traced()
         sandbox.disarm()
+        self.assertIn("replace", [call for call, _ in steps])
+        new = index.getContent()
+        index.setContent(old)
+        client = server.session()
         learned = _uidlsByBase(client, everything)
         self.assertEqual({base: learned[base] for base in uidls}, uidls)
         uidls = learned
-        self.assertIn("replace", [call for call, _ in steps])
         self.assertEqual(client.quit(), b"+OK Bye; 0 messages removed.")
-        new = index.getContent()
+        self.assertEqual(index.getContent(), new)
         self.assertNotEqual(new, old)
 
         for step, when in [(n, "before") for n in range(1, len(steps) + 1)] + [
@@ -233,7 +237,7 @@ class CrashTests(_FaultTestCase):
             sandbox.faults({"call": "step", "nth": step, "action": "kill", "when": when})
             try:
                 client = server.connect()
-                client.send(b"USER bob\r\nPASS secret\r\n")
+                client.send(b"USER bob\r\nPASS secret\r\nQUIT\r\n")
                 client.closed(30)
             except (EOFError, OSError):
                 pass
@@ -384,9 +388,10 @@ class IndexTests(_FaultTestCase):
 
     def _writeFault(self, call: str, code: str, when: str = "before") -> None:
         """
-        With C{call} on the index failing with C{code} while a login writes it, the session
-        is served in full (sizes, UIDLs, messages, DELE and QUIT), the old index is kept or
-        replaced whole, no temporary file is left, and the next session is right too.
+        With C{call} on the index failing with C{code} while a session saves what its login
+        computed (at QUIT), the session is served in full, the old index is kept whole, no
+        temporary file is left, and the next sessions are right too (sizes, UIDLs, messages,
+        DELE and QUIT).
         """
         sandbox = Sandbox(self)
         messages = _sample(sandbox)
@@ -404,12 +409,14 @@ class IndexTests(_FaultTestCase):
             {"call": call, "path": "popd-index", "action": "raise", "errno": code, "when": when}
         )
         client = server.session()
+        uidls = _uidlsByBase(client, everything)
+        self.assertEqual(client.quit(), b"+OK Bye; 0 messages removed.")
         self.assertEqual(len(sandbox.fired()), 1, f"{call} {code}: {server.log()}")
         sandbox.disarm()
         # The old index is kept whole, and no temporary file is left behind.
         self.assertEqual(index.getContent(), old)
         self.assertFalse(maildir.path.child("popd-index.tmp").exists())
-        uidls = _uidlsByBase(client, everything)
+        client = server.session()
         checkSession(self, client, everything, uidls)
         client.ok(b"DELE 1")
         self.assertEqual(client.quit(), b"+OK Bye; 1 messages removed.")
