@@ -1,6 +1,6 @@
 """
-A map over many items that a forked child process shares, to use a second core for work that
-is mostly system calls: sizing 50,000 messages is 150,000 of them.
+Maps over many items computed by a forked child process, to use a second core for work that is
+mostly system calls: sizing 50,000 messages is 150,000 of them.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import os
 import signal
 from array import array
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
-__all__ = ["forkMap"]
+__all__ = ["ForkedMap", "forkMap"]
 
 _T = TypeVar("_T")
 
@@ -20,53 +20,103 @@ _FAILED = -1
 _OCTETS = array("q").itemsize
 
 
-def forkMap(function: Callable[[_T], int], items: Sequence[_T], minimum: int) -> list[int]:
+class ForkedMap(Generic[_T]):
     """
-    C{list(map(function, items))}, the second half computed by a child process forked for it
-    while this one computes the first, when there are at least C{minimum} items and more than
-    one CPU.
+    C{map(function, items)}, computed by a child process forked for it while this one goes on.
 
     The child inherits what C{function} needs (open descriptors included), only calls it,
     writes the results to a pipe and exits at once, whatever happens: it never returns to the
     caller, nor runs anything of the parent's but signal defaults.  An item for which the
     function raised in the child is done again here, so that the exception is raised here; if
-    the child fails as a whole, its half is done here.
+    the child fails as a whole, the items are all done here.  The child is always reaped: by
+    L{results}, or by L{cancel} when they are not wanted.
+    """
+
+    def __init__(
+        self, function: Callable[[_T], int], items: Sequence[_T], pid: int, readFD: int
+    ) -> None:
+        self._function = function
+        self._items = items
+        self._pid: int | None = pid
+        self._readFD = readFD
+
+    @classmethod
+    def start(cls, function: Callable[[_T], int], items: Sequence[_T]) -> ForkedMap[_T] | None:
+        """
+        Fork a child that computes C{function} on each of C{items}.
+
+        @param function: returns a number from 0 to 2**63 - 1.
+        @return: the map under way, or L{None} when there is no other CPU to run it on or no
+            process can be forked.
+        """
+        if (os.cpu_count() or 1) < 2:
+            return None
+        readFD, writeFD = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(readFD)
+            os.close(writeFD)
+            return None
+        if pid == 0:
+            _child(function, items, readFD, writeFD)
+        os.close(writeFD)
+        return cls(function, items, pid, readFD)
+
+    def results(self) -> list[int]:
+        """
+        Wait for the child, and give its results.
+
+        @raise Exception: whatever the function raises here, for an item it raised for in the
+            child (the child is reaped first).
+        """
+        pid = self._pid
+        if pid is None:
+            raise RuntimeError("the results were taken, or the map was cancelled")
+        self._pid = None
+        try:
+            reported = _readAll(self._readFD)
+        finally:
+            os.close(self._readFD)
+            _, status = os.waitpid(pid, 0)
+        items, function = self._items, self._function
+        if status != 0 or len(reported) != len(items) * _OCTETS:
+            return list(map(function, items))
+        results = array("q", reported).tolist()
+        for position in [i for i, result in enumerate(results) if result == _FAILED]:
+            results[position] = function(items[position])
+        return results
+
+    def cancel(self) -> None:
+        """
+        Stop the child and reap it, unless its results were taken.
+        """
+        pid, self._pid = self._pid, None
+        if pid is not None:
+            os.close(self._readFD)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def forkMap(function: Callable[[_T], int], items: Sequence[_T], minimum: int) -> list[int]:
+    """
+    C{list(map(function, items))}, the second half computed by a child process (see
+    L{ForkedMap}) while this one computes the first, when there are at least C{minimum} items.
 
     @param function: returns a number from 0 to 2**63 - 1.
     @raise Exception: whatever C{function} raises here.
     """
     half = len(items) // 2
-    if len(items) < minimum or half == 0 or (os.cpu_count() or 1) < 2:
+    forked = ForkedMap.start(function, items[half:]) if len(items) >= minimum and half else None
+    if forked is None:
         return list(map(function, items))
-    theirs = items[half:]
-    readFD, writeFD = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(readFD)
-        os.close(writeFD)
-        return list(map(function, items))
-    if pid == 0:
-        _child(function, theirs, readFD, writeFD)
-    os.close(writeFD)
-    reaped = False
     try:
         mine = list(map(function, items[:half]))
-        reported = _readAll(readFD)
-        reaped = True
-        _, status = os.waitpid(pid, 0)
-        if status != 0 or len(reported) != len(theirs) * _OCTETS:
-            return mine + list(map(function, theirs))
-        results = array("q", reported).tolist()
-        for position in [i for i, result in enumerate(results) if result == _FAILED]:
-            results[position] = function(theirs[position])
-        return mine + results
-    finally:
-        os.close(readFD)
-        if not reaped:
-            # This half raised: the other one is of no use.
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    except BaseException:
+        # This half failed: the other one is of no use.
+        forked.cancel()
+        raise
+    return mine + forked.results()
 
 
 def _child(function: Callable[[_T], int], items: Sequence[_T], readFD: int, writeFD: int) -> None:

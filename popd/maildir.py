@@ -47,7 +47,7 @@ from zope.interface import Interface, implementer
 
 from popd import uidlmigration
 from popd._filememo import FileMemo, fileStamp
-from popd._forkmap import forkMap
+from popd._forkmap import ForkedMap, forkMap
 from popd._index import (
     INDEX_FILE,
     LISTING_FILE,
@@ -438,6 +438,29 @@ def _measure(path: str, directoryFD: int | None = None) -> int:
     # What transmittedSize counts, for a message read in one piece (most are).
     crlf = data.count(b"\r\n") if b"\r" in data else 0
     return len(data) + data.count(b"\n") - crlf + (0 if data.endswith(b"\n") else 2)
+
+
+def _measureWith(
+    prefetched: tuple[ForkedMap[str], list[str], int], names: list[str], directoryFD: int
+) -> list[int]:
+    """
+    Measure the messages C{names}, opened by name in C{directoryFD}: those that a child
+    process is sizing (see L{Maildir._prefetch}) by it, the others here first.
+
+    @raise OSError: a message cannot be read.
+    """
+    forked, share, theirFD = prefetched
+    theirs = set(share)
+    try:
+        try:
+            sizes = {name: _measure(name, directoryFD) for name in names if name not in theirs}
+        except BaseException:
+            forked.cancel()
+            raise
+        sizes.update(zip(share, forked.results(), strict=True))
+    finally:
+        os.close(theirFD)
+    return [sizes[name] for name in names]
 
 
 def _readFile(path: str) -> bytes:
@@ -851,6 +874,7 @@ class Maildir:
         "_located",
         "_entries",
         "_unsaved",
+        "_prefetched",
     )
 
     def __init__(
@@ -884,6 +908,9 @@ class Maildir:
         self._entries: dict[str, Entry] | None = None
         # Saves what the listing learned, until the session ends or a commit saves more.
         self._unsaved: Callable[[], None] | None = None
+        # Sizes of messages in new/ that a child process is computing, while a first listing
+        # is made: the map, its file names, and the descriptor of new/ it uses.
+        self._prefetched: tuple[ForkedMap[str], list[str], int] | None = None
 
     def listing(self) -> Deferred[Sequence[MessageInfo]]:
         """
@@ -930,9 +957,12 @@ class Maildir:
             # Neither directory changed: the saved listing is the listing.
             saved, computed = cache, False
         else:
-            saved, computed = self._scanListing(
-                cache, partial(self._indexContent, index, digest), digest or b"", stamps
-            )
+            try:
+                saved, computed = self._scanListing(
+                    cache, partial(self._indexContent, index, digest), digest or b"", stamps
+                )
+            finally:
+                self._dropPrefetched()
         rows = saved.rows
         chosen = self._chooseUidls(rows)
         self._rows = rows
@@ -1003,6 +1033,8 @@ class Maildir:
         @raise OSError: a directory cannot be read.
         """
         rows = _NO_ROWS if cache is None else cache.rows
+        # Without a cache or an index, every message found is to be sized.
+        first = cache is None and not digest
         now = None
         if any(
             _settled(stamp, _hostTime())
@@ -1028,7 +1060,10 @@ class Maildir:
             ):
                 clean = True
             else:
-                scanned[subdirectory] = set(self._scanNames(subdirectory))
+                fileNames = self._scanNames(subdirectory)
+                if first and subdirectory == "new":
+                    self._prefetch(fileNames)
+                scanned[subdirectory] = set(fileNames)
                 bases, infos = rows.of(subdirectory[0])
                 cached[subdirectory] = set(map(operator.add, bases, infos))
                 clean = _settled(stamp, now)
@@ -1292,6 +1327,10 @@ class Maildir:
         measure = _measure
         try:
             if directoryFD is not None:
+                prefetched, self._prefetched = self._prefetched, None
+                if prefetched is not None and subdirectory == "new":
+                    return _measureWith(prefetched, names, directoryFD)
+                self._prefetched = prefetched
                 return forkMap(partial(measure, directoryFD=directoryFD), names, _FORK_MINIMUM)
         except FileNotFoundError:
             pass
@@ -1309,6 +1348,39 @@ class Maildir:
                 sizes.append(None)
             self._relocated(message, position, subdirectories, infos)
         return sizes
+
+    def _prefetch(self, names: list[str]) -> None:
+        """
+        Have a child process size most of the messages C{names} of C{new/} (see L{ForkedMap}),
+        while this one makes the rest of a first listing; it sizes the others itself when it
+        gets to them (see L{_measureAll}).
+        """
+        if ",W=" in "\0".join(names):
+            names = [name for name in names if _dovecotSize(name) is None]
+        if len(names) < _FORK_MINIMUM or self._prefetched is not None:
+            return
+        directoryFD = self._openDirectory("new")
+        if directoryFD is None:
+            return
+        # The child's share is the larger: this process has the rest of the listing to make.
+        share = names[len(names) * 2 // 5 :]
+        forked = ForkedMap.start(partial(_measure, directoryFD=directoryFD), share)
+        if forked is None:
+            os.close(directoryFD)
+        else:
+            self._prefetched = (forked, share, directoryFD)
+
+    def _dropPrefetched(self) -> None:
+        """
+        Stop the child process that L{_prefetch} started, if its sizes were not used.
+        """
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            forked, _, directoryFD = prefetched
+            try:
+                forked.cancel()
+            finally:
+                os.close(directoryFD)
 
     def _openDirectory(self, subdirectory: str) -> int | None:
         """

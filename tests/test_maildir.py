@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -539,8 +540,9 @@ class ListingTests(_MaildirTestCase):
 
     def test_sizesInTwoProcesses(self) -> None:
         """
-        When many messages are sized at once, a child process sizes half of them, to the same
-        sizes (R19).
+        When many messages are sized at once, a child process sizes part of them, to the same
+        sizes (R19): in a first listing (no index), from as soon as C{new/} is read; in a later
+        one that finds many new messages, half of them.
         """
         self.patch(maildir, "_FORK_MINIMUM", 2)
         self.patch(os, "cpu_count", lambda: 2)
@@ -563,10 +565,24 @@ class ListingTests(_MaildirTestCase):
             return real(path, directoryFD)
 
         self.patch(maildir, "_measure", measure)
-        sizes = [info.size for info in self.listing(self.openDrop(self.path))]
-        self.assertEqual(sizes, [6, 6, 6, 6, 6, 65535 + 2 + 3])
+        expected = [6, 6, 6, 6, 6, 65535 + 2 + 3]
+        drop = openMaildir(self.path)
+        sizes = [info.size for info in self.listing(drop)]
+        drop.close()
+        self.assertEqual(sizes, expected)
         with open(record) as f:
-            self.assertEqual(len(set(f.read().split())), 2)
+            byProcess = Counter(f.read().split())
+        # The child, started early, takes the larger share.
+        self.assertEqual(len(byProcess), 2)
+        self.assertLess(byProcess[str(os.getpid())], len(contents) / 2)
+        os.unlink(record)
+        for number, content in enumerate(contents, len(contents)):
+            self.deliver(self.path, "new", f"{number}.m", content)
+        sizes = [info.size for info in self.listing(self.openDrop(self.path))]
+        self.assertEqual(sizes, expected * 2)
+        with open(record) as f:
+            measured = f.read().split()
+        self.assertEqual((len(measured), len(set(measured))), (len(contents), 2))
 
     def test_removedWhileSizedByChild(self) -> None:
         """
@@ -733,6 +749,31 @@ class ListingTests(_MaildirTestCase):
 
         self.patch(maildir, "_measure", measure)
         self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(4, b"2.b")])
+
+    def test_childStoppedWhenListingFails(self) -> None:
+        """
+        When a first listing fails after a child process began sizing the messages of C{new/},
+        the child is stopped and reaped, and no descriptor is left open.
+        """
+        self.patch(maildir, "_FORK_MINIMUM", 2)
+        self.patch(os, "cpu_count", lambda: 2)
+        for number in range(4):
+            self.deliver(self.path, "new", f"{number}.m", b"m\n")
+        cancelled: list[object] = []
+        real = maildir.ForkedMap.cancel
+
+        def cancel(forked: maildir.ForkedMap[str]) -> None:
+            cancelled.append(forked)
+            real(forked)
+
+        self.patch(maildir.ForkedMap, "cancel", cancel)
+        drop = self.openDrop(self.path)
+        descriptors = len(os.listdir("/proc/self/fd"))
+        self.failOn("scandir", lambda path: path.endswith("cur"), errno.EIO)
+        self.failureResultOf(drop.listing(), TemporaryFailure)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(len(cancelled), 1)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), descriptors)
 
     def test_unreadableMaildir(self) -> None:
         """
