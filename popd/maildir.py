@@ -440,6 +440,37 @@ def _measure(path: str, directoryFD: int | None = None) -> int:
     return len(data) + data.count(b"\n") - crlf + (0 if data.endswith(b"\n") else 2)
 
 
+# What a listing leaves to save, the arguments of Maildir._saveListing: the listing cache to
+# save, the digest of the cache file read, the digest of the index read, whether the index is
+# to be written.  Sessions keep it until they end: most keep this one, or nothing.
+_Unsaved = tuple[ListingCache | None, bytes | None, bytes | None, bool]
+_INDEX_ONLY: _Unsaved = (None, None, None, True)
+
+
+def _toSave(
+    saved: ListingCache,
+    cache: ListingCache | None,
+    cached: bytes | None,
+    digest: bytes | None,
+    indexChanged: bool,
+) -> _Unsaved | None:
+    """
+    @param saved: a listing, as the listing cache saves it.
+    @param cache: the cache that was read, if any; C{cached}, the digest of its file.
+    @param digest: the digest of the index that was read.
+    @param indexChanged: whether the listing computed sizes or chose UIDLs.
+    @return: what the listing leaves to save, or L{None} when nothing.
+    """
+    if len(saved.rows) < _CACHE_MINIMUM:
+        # Too few messages to be worth a listing cache: one left from before is removed.
+        if cached is None:
+            return _INDEX_ONLY if indexChanged else None
+        return (None, cached, digest, indexChanged)
+    if saved is cache and not indexChanged:
+        return None
+    return (saved, cached, digest, indexChanged)
+
+
 def _measureWith(
     prefetched: tuple[ForkedMap[str], list[str], int], names: list[str], directoryFD: int
 ) -> list[int]:
@@ -906,8 +937,8 @@ class Maildir:
         self._located: dict[int, _Message] = {}
         # What the index should hold for the listed messages, by base name, once needed.
         self._entries: dict[str, Entry] | None = None
-        # Saves what the listing learned, until the session ends or a commit saves more.
-        self._unsaved: Callable[[], None] | None = None
+        # What the listing learned and is not saved yet: see _toSave.
+        self._unsaved: _Unsaved | None = None
         # Sizes of messages in new/ that a child process is computing, while a first listing
         # is made: the map, its file names, and the descriptor of new/ it uses.
         self._prefetched: tuple[ForkedMap[str], list[str], int] | None = None
@@ -966,15 +997,12 @@ class Maildir:
         rows = saved.rows
         chosen = self._chooseUidls(rows)
         self._rows = rows
-        save = partial(self._saveListing, saved, cache, cached, digest, computed or chosen)
+        # Sizes are the same when computed again: they are saved when the session ends (at the
+        # commit, or at the close without one), not while the client waits to begin.
+        self._unsaved = _toSave(saved, cache, cached, digest, computed or chosen)
         if chosen:
             # UIDLs chosen are saved before they are served (R22).
-            save()
-        else:
-            # Sizes are the same when computed again: they are saved when the session ends
-            # (at the commit, or at the close without one), not while the client waits to
-            # begin.
-            self._unsaved = save
+            self._saveUnsaved()
         retrieved = rows.retrieved
         return Listing(
             rows.sizes, rows.uidls, None if retrieved.count(None) == len(rows) else retrieved
@@ -982,27 +1010,31 @@ class Maildir:
 
     def _saveListing(
         self,
-        saved: ListingCache,
-        cache: ListingCache | None,
+        saved: ListingCache | None,
         cached: bytes | None,
         digest: bytes | None,
         indexChanged: bool,
     ) -> None:
         """
-        Save what a listing learned: the index when it computed sizes or chose UIDLs, then the
-        listing cache, unless it was read as it is or the index could not be read or written.
+        Save what the listing learned (see L{_toSave}): the index when it computed sizes or
+        chose UIDLs; then, unless the index could not be read or written, the listing cache
+        C{saved}, or with L{None} the removal of the cache whose file has the digest C{cached}
+        if there is one.
 
-        @param saved: the listing, as the cache saves it.
-        @param cache: the cache that was read, if any; C{cached}, the digest of its file.
         @param digest: the digest of the index that was read.
         """
         if indexChanged:
-            content = self._writeIndex(_indexOf(saved.rows))
+            content = self._writeIndex(_indexOf(self._rows))
             digest = None if content is None else sha256(content).digest()
-            # The index written has exactly the entries of the listed messages.
-            saved = replace(saved, index=digest or b"", orphans=frozenset())
-        if digest is not None and saved is not cache:
+            if saved is not None:
+                # The index written has exactly the entries of the listed messages.
+                saved = replace(saved, index=digest or b"", orphans=frozenset())
+        if digest is None:
+            return
+        if saved is not None:
             self._saveCache(saved, cached)
+        elif cached is not None:
+            self._removeCache()
 
     def _scanListing(
         self,
@@ -1694,16 +1726,22 @@ class Maildir:
         if len(cache.rows) >= _CACHE_MINIMUM:
             self._writeCache(cache, old)
         elif old is not None:
-            try:
-                os.unlink(os.path.join(self.path, LISTING_FILE))
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                _log.warn(
-                    "Could not remove the listing cache of {path!r}: {error}",
-                    path=self.path,
-                    error=e.strerror,
-                )
+            self._removeCache()
+
+    def _removeCache(self) -> None:
+        """
+        Remove the listing cache.  Failure is logged as a warning, and otherwise ignored.
+        """
+        try:
+            os.unlink(os.path.join(self.path, LISTING_FILE))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _log.warn(
+                "Could not remove the listing cache of {path!r}: {error}",
+                path=self.path,
+                error=e.strerror,
+            )
 
     def _writeIndex(self, content: bytes) -> bytes | None:
         """
@@ -1989,10 +2027,10 @@ class Maildir:
         """
         Save what the listing learned, if it is not saved yet (see L{_takeListing}).
         """
-        save, self._unsaved = self._unsaved, None
-        if save is not None:
+        unsaved, self._unsaved = self._unsaved, None
+        if unsaved is not None:
             try:
-                save()
+                self._saveListing(*unsaved)
             except Exception:
                 _log.failure("Could not save the listing of {path!r}", path=self.path)
 
