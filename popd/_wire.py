@@ -83,13 +83,15 @@ class MessageEncoder:
                 return b""
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
-        # Maildirs store LF line ends: this is usually the only copy made.
-        lines = chunk.replace(b"\n", b"\r\n")
+        if self._atLineStart and chunk.startswith(b"."):
+            chunk = b"." + chunk
+        # Byte-stuffing first, while lines end with one octet: split and join search for the
+        # two octets faster than replace does for three.
+        stuffed = b"\n..".join(chunk.split(b"\n."))
+        # Maildirs store LF line ends: this is usually the one copy of the chunk made.
+        stuffed = stuffed.replace(b"\n", b"\r\n")
         if self._bodyLinesLeft is not None:
-            lines = self._limitLines(lines)
-        stuffed = lines.replace(b"\r\n.", b"\r\n..")
-        if self._atLineStart and stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
+            stuffed = self._limitLines(stuffed)
         self._atLineStart = stuffed.endswith(b"\n")
         self._emitted = True
         return stuffed
