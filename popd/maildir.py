@@ -1852,7 +1852,11 @@ class Maildir:
         """
         messages = {index: self._message(index) for index in deleted}
         seen = {index: self._message(index) for index in retrieved if index not in messages}
-        self._saveUnsaved()
+        if len(messages) == len(self._rows):
+            # Every listed message goes: what the listing learned is of no more use.
+            self._unsaved = None
+        else:
+            self._saveUnsaved()
         failed: set[int] = set()
         removed: dict[str, list[int]] = {"new": [], "cur": []}
 

@@ -941,6 +941,27 @@ class IndexTests(_MaildirTestCase):
         self.forbidMeasuring()
         self.assertEqual(self.session(), [6, 5])
 
+    def test_nothingSavedWhenAllRemoved(self) -> None:
+        """
+        A session that removes every message it listed saves none of their sizes: there is no
+        index to write (nor to sync) at its commit.  One that keeps a message saves them.
+        """
+        drop = openMaildir(self.path)
+        self.listing(drop)
+        noWrites = self.patch(os, "replace", lambda *args: self.fail(f"{args[1]} was written"))
+        self.assertEqual(self.successResultOf(drop.commit([0, 1], [])), [])
+        drop.close()
+        self.assertFalse(os.path.exists(self.index))
+        self.assertEqual(os.listdir(os.path.join(self.path, "new")), [])
+        noWrites.restore()
+        self.deliver(self.path, "new", "3.c", b"c\n")
+        self.deliver(self.path, "new", "4.d", b"dd\n")
+        drop = openMaildir(self.path)
+        self.listing(drop)
+        self.assertEqual(self.successResultOf(drop.commit([0], [])), [])
+        drop.close()
+        self.assertIn(b"4.d", self.readIndex())
+
     def test_commitSavesRetrievals(self) -> None:
         """
         A commit that records retrievals saves the sizes with them, and the end of the session
