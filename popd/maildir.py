@@ -100,6 +100,9 @@ _CACHE_MINIMUM = 500
 
 # Messages to size at once from which a child process sizes half of them on another core.
 _FORK_MINIMUM = 4096
+# The part of the messages of a first listing that the child sizes (see Maildir._prefetch): the
+# larger, since this process has the rest of the listing to make meanwhile.
+_CHILD_SHARE = 0.6
 
 # What this process last read from or wrote to the indexes and listing caches, while they are
 # unchanged: a session that finds them as the last one left them reads neither.  The digests of
@@ -123,6 +126,8 @@ _HIDDEN = methodcaller("startswith", ".")
 _PARTITION = methodcaller("partition", ":")
 # A base name's delivery time, if conventional, the dot and the rest.
 _PARTITION_DOT = methodcaller("partition", ".")
+# The delivery time that starts a conventional name, in names joined by line feeds.
+_DELIVERY_TIMES = re.compile(r"^([0-9]+)\.", re.MULTILINE)
 _NEW = ord("n")
 _CUR = ord("c")
 _PLACES = {"new": _NEW, "cur": _CUR}
@@ -1233,20 +1238,17 @@ class Maildir:
         locations = list(map(found.__getitem__, bases))
         subdirectories: list[str] = list(map(itemgetter(0), locations))
         infos: list[str] = list(map(itemgetter(1), locations))
-        # Delivery times: the number that starts a conventional name.
-        parts = list(map(_PARTITION_DOT, bases))
-        seconds = list(map(itemgetter(0), parts))
+        # Delivery times: the number that starts a conventional name; found in all the names at
+        # once when each one has one (and none has a line feed, which would split it in two).
         delivered: list[int | None]
-        if (
-            all(map(itemgetter(1), parts))
-            and all(map(str.isdigit, seconds))
-            and "".join(seconds).isascii()
-        ):
+        joined = "\n".join(bases)
+        seconds = _DELIVERY_TIMES.findall(joined)
+        if len(seconds) == count and joined.count("\n") == count - 1:
             delivered = list(map(int, seconds))
         else:
             delivered = [
                 int(number) if dot and number.isdigit() and number.isascii() else None
-                for number, dot, _ in parts
+                for number, dot, _ in map(_PARTITION_DOT, bases)
             ]
         # What the index says; the sizes names carry, which it does not override.
         sizes: list[int | None] = [None] * count
@@ -1276,12 +1278,21 @@ class Maildir:
             except MessageGone:
                 gone.add(position)
             self._relocated(message, position, subdirectories, infos)
-        unknown = [i for i, size in enumerate(sizes) if size is None and i not in gone]
+        if gone or sizes.count(None) != count:
+            unknown = [i for i, size in enumerate(sizes) if size is None and i not in gone]
+        else:
+            unknown = list(range(count))
         for subdirectory in ("new", "cur"):
-            # (A message another agent moved to cur/ was measured with those of new/.)
-            positions = [
-                i for i in unknown if subdirectories[i] == subdirectory and sizes[i] is None
-            ]
+            there = subdirectories.count(subdirectory)
+            if not there:
+                continue
+            if there == len(unknown) == count and sizes.count(None) == count:
+                positions = unknown
+            else:
+                # (A message another agent moved to cur/ was measured with those of new/.)
+                positions = [
+                    i for i in unknown if subdirectories[i] == subdirectory and sizes[i] is None
+                ]
             if len(positions) == count:
                 sizes = list(self._measureAll(positions, bases, subdirectories, infos, gone))
             elif positions:
@@ -1394,8 +1405,7 @@ class Maildir:
         directoryFD = self._openDirectory("new")
         if directoryFD is None:
             return
-        # The child's share is the larger: this process has the rest of the listing to make.
-        share = names[len(names) * 2 // 5 :]
+        share = names[int(len(names) * (1 - _CHILD_SHARE)) :]
         forked = ForkedMap.start(partial(_measure, directoryFD=directoryFD), share)
         if forked is None:
             os.close(directoryFD)

@@ -506,6 +506,17 @@ class ListingTests(_MaildirTestCase):
             ],
         )
 
+    def test_lineFeedInName(self) -> None:
+        """
+        A name with a line feed in it is one name: a time after the line feed does not start
+        it.
+        """
+        self.deliver(self.path, "new", "1700000002.b", b"x\n")
+        os.utime(self.deliver(self.path, "new", "x\n1700000001.a", b"x\n"), (0, 1700000003))
+        uidls = [info.uidl for info in self.listing(self.openDrop(self.path))]
+        self.assertEqual(uidls[0], b"1700000002.b")
+        self.assertEqual(len(uidls), 2)
+
     def test_notMessages(self) -> None:
         """
         Files in C{tmp/}, dot-files, directories and symbolic links are not messages.
