@@ -856,7 +856,10 @@ class Maildir:
 
     Sizes come from Dovecot's C{,W=} in the file name when it is there; otherwise they are
     computed once by reading the message and kept in the file C{popd-index} of the Maildir, so
-    that a session only reads the bodies of the messages delivered since the last one.  The
+    that a session only reads the bodies of the messages delivered since the last one.  Many
+    messages are sized by this process and a forked child together (see L{_prefetch}), and
+    sizes computed at login are saved when the session ends, at its commit or its close, not
+    while the client waits for its answer (see L{_takeListing}).  The
     same index keeps when each message was first retrieved by a session that committed, for the
     EXPIRE policy (RFC 2449 section 6.7); it is keyed by base name, so it survives other agents'
     renames, and its loss only makes messages look never retrieved.
@@ -892,7 +895,9 @@ class Maildir:
     the file system's clock (see L{_fileSystemTime}) when it was read is ever taken from the
     cache: a change in the same tick of a coarse clock would not have changed them.  The cache
     is rewritten when the listing changes, and not synced: it is checked when read, and a
-    damaged or missing one only costs reading the directories.
+    damaged or missing one only costs reading the directories.  What this process last read
+    from or wrote to the index and the cache is remembered while their files keep their stamps
+    (see L{popd._filememo}): the next session of the same Maildir reads neither.
 
     @ivar path: the real path of the Maildir.
     """
