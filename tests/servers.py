@@ -34,7 +34,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import popd
-from tests.support import CRLF, canonical, unstuff
+from tests.support import CRLF, RawConnection, canonical, unstuff
 
 HOST = "127.0.0.1"
 
@@ -637,59 +637,22 @@ class ServerProcess:
 # A client
 
 
-class Client:
+class Client(RawConnection):
     """
-    A blocking POP3 client that reads responses byte-exact.
+    A blocking POP3 client that reads responses byte-exact, lines without their CRLF.
     """
 
     def __init__(
         self, host: str, port: int, *, source: str | None = None, timeout: float = TIMEOUT
     ) -> None:
-        self.sock = socket.create_connection(
-            (host, port), timeout=timeout, source_address=None if source is None else (source, 0)
-        )
-        self._buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        self._buffer += data
-        return bool(data)
+        super().__init__(port, timeout, host=host, source=source)
 
     def readLine(self) -> bytes:
         """
         @return: one line, without its CRLF.
         @raise EOFError: the server closed the connection first.
         """
-        while True:
-            end = self._buffer.find(CRLF)
-            if end >= 0:
-                line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-                return line
-            if not self._fill():
-                raise EOFError(f"connection closed; unread: {self._buffer[:200]!r}")
-
-    def readBody(self) -> bytes:
-        """
-        @return: the rest of a multi-line response as sent, byte-stuffing included, the
-            terminator excluded.
-        """
-        while True:
-            if self._buffer.startswith(b".\r\n"):
-                self._buffer = self._buffer[3:]
-                return b""
-            end = self._buffer.find(b"\r\n.\r\n")
-            if end >= 0:
-                body, self._buffer = self._buffer[: end + 2], self._buffer[end + 5 :]
-                return body
-            if not self._fill():
-                raise EOFError("connection closed in a multi-line response")
-
-    def command(self, line: bytes) -> bytes:
-        self.send(line + CRLF)
-        return self.readLine()
+        return super().readLine()[: -len(CRLF)]
 
     def ok(self, line: bytes) -> bytes:
         """
@@ -771,9 +734,6 @@ class Client:
         except ConnectionResetError:
             pass
         return True
-
-    def close(self) -> None:
-        self.sock.close()
 
     def abort(self) -> None:
         """

@@ -534,12 +534,20 @@ class TestHost:
 
 class RawConnection:
     """
-    A POP3 connection on a plain socket that reads responses byte-exact: for pipelining and
-    TLS tests, run in a worker thread (C{deferToThread}), never in the reactor thread.
+    A POP3 connection on a plain socket that reads responses byte-exact, lines with their
+    CRLF: blocking, so run in a worker thread (C{deferToThread}) in a test that runs a reactor,
+    never in the reactor thread.  L{tests.servers.Client} builds on it.
     """
 
-    def __init__(self, port: int, timeout: float = 30) -> None:
-        self.sock: socket.socket = socket.create_connection((HOST, port), timeout=timeout)
+    def __init__(
+        self, port: int, timeout: float = 30, *, host: str = HOST, source: str | None = None
+    ) -> None:
+        """
+        @param source: the local address to connect from, if not the default.
+        """
+        self.sock: socket.socket = socket.create_connection(
+            (host, port), timeout=timeout, source_address=None if source is None else (source, 0)
+        )
         self._buffer = b""
 
     def send(self, data: bytes) -> None:

@@ -26,6 +26,7 @@ from popd.interfaces import IMaildrop, IMessage, MessageInfo
 from popd.maildir import MaildirRealm
 from popd.memory import MemoryMailbox, MemoryRealm
 from popd.protocol import POP3ServerFactory, POP3ServerProtocol, Response
+from tests.support import canonical
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -116,11 +117,6 @@ def multiline(response: bytes) -> list[bytes]:
     assert response.endswith(b"\r\n.\r\n"), response
     lines = response.split(b"\r\n")[1:-2]
     return [line[1:] if line.startswith(b".") else line for line in lines]
-
-
-def canonical(message: bytes) -> bytes:
-    converted = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return converted if converted.endswith(b"\r\n") else converted + b"\r\n"
 
 
 class ConformanceMixin:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from popd._wire import MessageEncoder, headerEnd, parseNumber, transmittedSize
+from tests.support import canonical
 
 # Messages built from the octets that matter to line handling, so that every interesting
 # combination (CR LF, bare CR, bare LF, "." at a line start) is common.
@@ -30,16 +31,6 @@ def chunked(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     cuts = sorted(draw(st.lists(st.integers(0, len(message)), max_size=8)))
     bounds = [0, *cuts, len(message)]
     return message, [message[a:b] for a, b in pairwise(bounds)]
-
-
-def canonical(message: bytes) -> bytes:
-    """
-    The reference meaning of "as transmitted": CRLF line ends, a final line end.
-    """
-    converted = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if not message.endswith(b"\n"):
-        converted += b"\r\n"
-    return converted
 
 
 def encode(pieces: list[bytes], bodyLines: int | None = None) -> bytes:
