@@ -1034,8 +1034,7 @@ class Maildir:
         @param digest: the digest of the index that was read.
         """
         if indexChanged:
-            content = self._writeIndex(_indexOf(self._rows))
-            digest = None if content is None else sha256(content).digest()
+            digest = self._writeIndex(_indexOf(self._rows))
             if saved is not None:
                 # The index written has exactly the entries of the listed messages.
                 saved = replace(saved, index=digest or b"", orphans=frozenset())
@@ -1375,10 +1374,10 @@ class Maildir:
         measure = _measure
         try:
             if directoryFD is not None:
-                prefetched, self._prefetched = self._prefetched, None
+                prefetched = self._prefetched
                 if prefetched is not None and subdirectory == "new":
+                    self._prefetched = None
                     return _measureWith(prefetched, names, directoryFD)
-                self._prefetched = prefetched
                 return forkMap(partial(measure, directoryFD=directoryFD), names, _FORK_MINIMUM)
         except FileNotFoundError:
             pass
@@ -1764,9 +1763,10 @@ class Maildir:
         otherwise ignored: the sizes are right for this session, and the next one will compute
         them again; retrievals not saved are recorded again when next retrieved.
 
-        @return: C{content}, or L{None} when the index was not replaced.
+        @return: the SHA-256 of C{content}, or L{None} when the index was not replaced.
         """
         temporary = os.path.join(self.path, _INDEX_TEMPORARY)
+        digest = sha256(content).digest()
         replaced = False
         try:
             fd = os.open(temporary, _WRITE_FLAGS, 0o600)
@@ -1777,7 +1777,7 @@ class Maildir:
             path = os.path.join(self.path, INDEX_FILE)
             os.replace(temporary, path)
             replaced = True
-            _INDEX_DIGESTS.remember(path, fileStamp(os.stat(path)), sha256(content).digest())
+            _INDEX_DIGESTS.remember(path, fileStamp(os.stat(path)), digest)
             _fsyncDirectory(self.path)
         except OSError:
             _log.failure(
@@ -1788,7 +1788,7 @@ class Maildir:
                     os.unlink(temporary)
                 except OSError:
                     pass
-        return content if replaced else None
+        return digest if replaced else None
 
     def _writeCache(self, cache: ListingCache, old: bytes | None) -> None:
         """
@@ -2003,9 +2003,9 @@ class Maildir:
         for name in new:
             entries[name] = entries.get(name, Entry(None))._replace(retrievedAt=now)
         self._entries = entries
-        content = self._writeIndex(formatIndex(entries))
-        if content is not None:
-            self._saveCommitted(sha256(content).digest(), set(removed), set(new), now)
+        digest = self._writeIndex(formatIndex(entries))
+        if digest is not None:
+            self._saveCommitted(digest, set(removed), set(new), now)
 
     def _saveCommitted(
         self, digest: bytes, removed: set[str], retrieved: set[str], now: int
