@@ -112,10 +112,19 @@ def linkInto(maildir: str, templates: Sequence[str]) -> None:
     """
     Deliver templates into C{new/} of C{maildir} under fixed conventional names, in order: the
     same names in every server's copy, so that listings are comparable.
+
+    The templates are read too, as a delivery leaves what it wrote in the page cache: a machine
+    may have paged them out since they were written (such as this one, whose kernel pages out
+    what was not used for 30 seconds), and the server measured next would read them from disk
+    where the one before did not.
     """
     makeMaildir(maildir)
     for number, template in enumerate(templates):
         os.link(template, os.path.join(maildir, "new", f"1700000000.M{number}P1.bench"))
+    for template in templates:
+        with open(template, "rb") as f:
+            while f.read(1 << 20):
+                pass
 
 
 @dataclass(frozen=True)

@@ -583,7 +583,7 @@ class Benchmark:
         """
         (e) A large maildrop: the time of USER, PASS, STAT, UIDL, LIST and QUIT, at the first
         login (no index of the server's yet: "cold") and at the three next ones ("warm").
-        Messages are in the page cache either way: they were just written.  Each round makes a
+        Messages are in the page cache either way: they were just delivered.  Each round makes a
         new copy of the maildrop for each server and starts it anew; the medians over the
         rounds are reported, since one first login is one sample.
         """
