@@ -1,6 +1,6 @@
 """
-Maps over many items computed by a forked child process, to use a second core for work that is
-mostly system calls: sizing 50,000 messages is 150,000 of them.
+Computes a function of many items in a forked child process, to use a second core for work
+that is mostly system calls: sizing 50,000 messages is 150,000 of them.
 """
 
 from __future__ import annotations
@@ -15,25 +15,28 @@ __all__ = ["ForkedMap", "forkMap"]
 
 _T = TypeVar("_T")
 
-# What the child reports for an item whose function raised: the parent does it again.
-_FAILED = -1
 _OCTETS = array("q").itemsize
 
 
 class ForkedMap(Generic[_T]):
     """
-    C{map(function, items)}, computed by a child process forked for it while this one goes on.
+    C{function(items)}, a number for each item, computed by a child process forked for it
+    while this one goes on.
 
     The child inherits what C{function} needs (open descriptors included), only calls it,
     writes the results to a pipe and exits at once, whatever happens: it never returns to the
-    caller, nor runs anything of the parent's but signal defaults.  An item for which the
-    function raised in the child is done again here, so that the exception is raised here; if
-    the child fails as a whole, the items are all done here.  The child is always reaped: by
-    L{results}, or by L{cancel} when they are not wanted.
+    caller, nor runs anything of the parent's but signal defaults.  If the child fails (the
+    function raised there, or it died), the function is called here instead, so that what it
+    raises is raised here.  The child is always reaped: by L{results}, or by L{cancel} when
+    they are not wanted.
     """
 
     def __init__(
-        self, function: Callable[[_T], int], items: Sequence[_T], pid: int, readFD: int
+        self,
+        function: Callable[[Sequence[_T]], Sequence[int]],
+        items: Sequence[_T],
+        pid: int,
+        readFD: int,
     ) -> None:
         self._function = function
         self._items = items
@@ -41,11 +44,13 @@ class ForkedMap(Generic[_T]):
         self._readFD = readFD
 
     @classmethod
-    def start(cls, function: Callable[[_T], int], items: Sequence[_T]) -> ForkedMap[_T] | None:
+    def start(
+        cls, function: Callable[[Sequence[_T]], Sequence[int]], items: Sequence[_T]
+    ) -> ForkedMap[_T] | None:
         """
-        Fork a child that computes C{function} on each of C{items}.
+        Fork a child that computes C{function(items)}.
 
-        @param function: returns a number from 0 to 2**63 - 1.
+        @param function: returns a number from -2**63 to 2**63 - 1 for each of the items.
         @return: the map under way, or L{None} when there is no other CPU to run it on or no
             process can be forked.
         """
@@ -67,8 +72,8 @@ class ForkedMap(Generic[_T]):
         """
         Wait for the child, and give its results.
 
-        @raise Exception: whatever the function raises here, for an item it raised for in the
-            child (the child is reaped first).
+        @raise Exception: whatever the function raises here, when the child failed (it is
+            reaped first).
         """
         pid = self._pid
         if pid is None:
@@ -79,13 +84,9 @@ class ForkedMap(Generic[_T]):
         finally:
             os.close(self._readFD)
             _, status = os.waitpid(pid, 0)
-        items, function = self._items, self._function
-        if status != 0 or len(reported) != len(items) * _OCTETS:
-            return list(map(function, items))
-        results = array("q", reported).tolist()
-        for position in [i for i, result in enumerate(results) if result == _FAILED]:
-            results[position] = function(items[position])
-        return results
+        if status != 0 or len(reported) != len(self._items) * _OCTETS:
+            return list(self._function(self._items))
+        return array("q", reported).tolist()
 
     def cancel(self) -> None:
         """
@@ -98,20 +99,23 @@ class ForkedMap(Generic[_T]):
             os.waitpid(pid, 0)
 
 
-def forkMap(function: Callable[[_T], int], items: Sequence[_T], minimum: int) -> list[int]:
+def forkMap(
+    function: Callable[[Sequence[_T]], Sequence[int]], items: Sequence[_T], minimum: int
+) -> list[int]:
     """
-    C{list(map(function, items))}, the second half computed by a child process (see
-    L{ForkedMap}) while this one computes the first, when there are at least C{minimum} items.
+    C{function(items)}, computed as C{function} of the first half here and of the second half
+    by a child process (see L{ForkedMap}) at the same time, when there are at least C{minimum}
+    items.
 
-    @param function: returns a number from 0 to 2**63 - 1.
+    @param function: returns a number from -2**63 to 2**63 - 1 for each of the items.
     @raise Exception: whatever C{function} raises here.
     """
     half = len(items) // 2
     forked = ForkedMap.start(function, items[half:]) if len(items) >= minimum and half else None
     if forked is None:
-        return list(map(function, items))
+        return list(function(items))
     try:
-        mine = list(map(function, items[:half]))
+        mine = list(function(items[:half]))
     except BaseException:
         # This half failed: the other one is of no use.
         forked.cancel()
@@ -119,10 +123,15 @@ def forkMap(function: Callable[[_T], int], items: Sequence[_T], minimum: int) ->
     return mine + forked.results()
 
 
-def _child(function: Callable[[_T], int], items: Sequence[_T], readFD: int, writeFD: int) -> None:
+def _child(
+    function: Callable[[Sequence[_T]], Sequence[int]],
+    items: Sequence[_T],
+    readFD: int,
+    writeFD: int,
+) -> None:
     """
-    In the forked child: compute C{function} on C{items}, write the results to C{writeFD},
-    and exit.  Never returns.
+    In the forked child: compute C{function(items)}, write the results to C{writeFD}, and
+    exit.  Never returns.
     """
     status = 1
     try:
@@ -132,23 +141,12 @@ def _child(function: Callable[[_T], int], items: Sequence[_T], readFD: int, writ
         signal.set_wakeup_fd(-1)
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(number, signal.SIG_DFL)
-        results = array("q", map(_orFailed, [function] * len(items), items))
-        view = memoryview(results.tobytes())
+        view = memoryview(array("q", function(items)).tobytes())
         while view:
             view = view[os.write(writeFD, view) :]
         status = 0
     finally:
         os._exit(status)
-
-
-def _orFailed(function: Callable[[_T], int], item: _T) -> int:
-    """
-    @return: C{function(item)}, or L{_FAILED} when it raises.
-    """
-    try:
-        return function(item)
-    except Exception:
-        return _FAILED
 
 
 def _readAll(fd: int) -> bytes:

@@ -66,7 +66,8 @@ from popd._index import (
     parseIndex,
     readListing,
 )
-from popd._wire import transmittedSize
+from popd._sizing import READ_FLAGS as _READ_FLAGS
+from popd._sizing import UNREAD, measure, measureMany
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, Listing, MessageInfo
 
@@ -135,17 +136,9 @@ _NO_ROWS = Rows([], [], b"", [], [], [], [], b"")
 # The flags of messages whose UIDL is not saved.
 _WITHOUT_UIDL = bytes((0, SIZE_SAVED))
 
-# O_NOFOLLOW: a symbolic link placed in a Maildir must not make popd read (or write over) a file
-# the Maildir's owner could not read, when popd runs with more privileges than that owner.
-# O_NONBLOCK: a FIFO put in place of a file must not block the server (files ignore the flag).
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # O_NONBLOCK: opening a FIFO put in place of a file to write fails (ENXIO) instead of blocking.
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-# Reading a message to size it is not an access to it: the access time is left as it was, which
-# spares a write of the file's inode at the first reading of each (much of the cost of a first
-# listing).  Set to 0 when a file turns out not to be this process's to do so.
-_measureFlags = [getattr(os, "O_NOATIME", 0)]
 
 # UIDL migration (R22): the files in the Maildir root where the POP3 servers popd replaces kept
 # the UIDLs they handed out.  popd only ever reads them, and at most this much of one: far more
@@ -418,33 +411,6 @@ def _alternativeUidl(baseName: str, attempt: int) -> bytes:
     return digest[:_DIGEST_LENGTH].encode("ascii")
 
 
-def _measure(path: str, directoryFD: int | None = None) -> int:
-    """
-    @param path: a message file; relative to C{directoryFD} when it is given.
-    @return: the size that the message in C{path} has as transmitted: see L{transmittedSize}.
-    """
-    try:
-        fd = os.open(path, _READ_FLAGS | _measureFlags[0], dir_fd=directoryFD)
-    except PermissionError:
-        if not _measureFlags[0]:
-            raise
-        # O_NOATIME is only for the owner of the file, and privileged processes.
-        _measureFlags[0] = 0
-        fd = os.open(path, _READ_FLAGS, dir_fd=directoryFD)
-    try:
-        data = os.read(fd, _CHUNK)
-        # A shorter read than asked for is the end of a regular file.
-        if len(data) == _CHUNK:
-            chunks = [data]
-            chunks.extend(iter(lambda: os.read(fd, _CHUNK), b""))
-            return transmittedSize(chunks)
-    finally:
-        os.close(fd)
-    # What transmittedSize counts, for a message read in one piece (most are).
-    crlf = data.count(b"\r\n") if b"\r" in data else 0
-    return len(data) + data.count(b"\n") - crlf + (0 if data.endswith(b"\n") else 2)
-
-
 # What a listing leaves to save, the arguments of Maildir._saveListing: the listing cache to
 # save, the digest of the cache file read, the digest of the index read, whether the index is
 # to be written.  Sessions keep it until they end: most keep this one, or nothing.
@@ -480,16 +446,15 @@ def _measureWith(
     prefetched: tuple[ForkedMap[str], list[str], int], names: list[str], directoryFD: int
 ) -> list[int]:
     """
-    Measure the messages C{names}, opened by name in C{directoryFD}: those that a child
-    process is sizing (see L{Maildir._prefetch}) by it, the others here first.
-
-    @raise OSError: a message cannot be read.
+    L{measureMany} of the messages C{names} in C{directoryFD}: those that a child process is
+    sizing (see L{Maildir._prefetch}) by it, the others here first.
     """
     forked, share, theirFD = prefetched
     theirs = set(share)
     try:
+        mine = [name for name in names if name not in theirs]
         try:
-            sizes = {name: _measure(name, directoryFD) for name in names if name not in theirs}
+            sizes = dict(zip(mine, measureMany(mine, directoryFD), strict=True))
         except BaseException:
             forked.cancel()
             raise
@@ -1362,37 +1327,37 @@ class Maildir:
     ) -> Sequence[int | None]:
         """
         Measure the messages at C{positions} in the columns, all in one subdirectory, opened by
-        name in it; one that another agent moved is looked for by base name, and its new place
-        saved in the columns, and one that it removed is added to C{gone}.
+        name in it; those that could not be read so are measured again one at a time, by path:
+        one that another agent moved is looked for by base name, and its new place saved in
+        the columns, and one that it removed is added to C{gone}.
 
         @return: their sizes; L{None} for those gone.
         @raise OSError: a message cannot be read.
         """
         subdirectory = subdirectories[positions[0]]
         names = list(map(operator.add, _picked(positions, bases)[0], _picked(positions, infos)[0]))
+        sizes: list[int | None] = [UNREAD] * len(names)
         directoryFD = self._openDirectory(subdirectory)
-        measure = _measure
-        try:
-            if directoryFD is not None:
+        if directoryFD is not None:
+            try:
                 prefetched = self._prefetched
                 if prefetched is not None and subdirectory == "new":
                     self._prefetched = None
-                    return _measureWith(prefetched, names, directoryFD)
-                return forkMap(partial(measure, directoryFD=directoryFD), names, _FORK_MINIMUM)
-        except FileNotFoundError:
-            pass
-        finally:
-            if directoryFD is not None:
+                    sizes = list(_measureWith(prefetched, names, directoryFD))
+                else:
+                    sizes = list(
+                        forkMap(partial(measureMany, directoryFD=directoryFD), names, _FORK_MINIMUM)
+                    )
+            finally:
                 os.close(directoryFD)
-        # One at a time, by path, looking for those another agent moved.
-        sizes: list[int | None] = []
-        for position in positions:
+        for number in [number for number, size in enumerate(sizes) if size == UNREAD]:
+            position = positions[number]
             message = self._locate(position, bases, subdirectories, infos)
             try:
-                sizes.append(self._onFile(message, measure))
+                sizes[number] = self._onFile(message, measure)
             except MessageGone:
                 gone.add(position)
-                sizes.append(None)
+                sizes[number] = None
             self._relocated(message, position, subdirectories, infos)
         return sizes
 
@@ -1410,7 +1375,7 @@ class Maildir:
         if directoryFD is None:
             return
         share = names[int(len(names) * (1 - _CHILD_SHARE)) :]
-        forked = ForkedMap.start(partial(_measure, directoryFD=directoryFD), share)
+        forked = ForkedMap.start(partial(measureMany, directoryFD=directoryFD), share)
         if forked is None:
             os.close(directoryFD)
         else:

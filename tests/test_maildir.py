@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
-from popd import _index, maildir
+from popd import _index, _sizing, maildir
 from popd._filememo import FileMemo
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
@@ -137,22 +137,22 @@ class _MaildirTestCase(SynchronousTestCase):
         """
 
         def refuse(path: str, directoryFD: int | None = None) -> int:
-            self.fail("a message body was read to size it")
+            self.fail("a message was opened to size it")
 
-        self.patch(maildir, "_measure", refuse)
+        self.patch(_sizing, "openMessage", refuse)
 
     def countMeasuring(self) -> list[int]:
         """
         @return: a list that grows by one item each time a message body is read to size it.
         """
         calls: list[int] = []
-        real = maildir._measure
+        real = _sizing.openMessage
 
         def counting(path: str, directoryFD: int | None = None) -> int:
             calls.append(1)
             return real(path, directoryFD)
 
-        self.patch(maildir, "_measure", counting)
+        self.patch(_sizing, "openMessage", counting)
         return calls
 
     def failOn(self, name: str, target: Callable[[str], bool], code: int) -> None:
@@ -568,14 +568,14 @@ class ListingTests(_MaildirTestCase):
         for number, content in enumerate(contents):
             self.deliver(self.path, "new", f"{number}.m", content)
         record = os.path.abspath(self.mktemp())
-        real = maildir._measure
+        real = _sizing.openMessage
 
         def measure(path: str, directoryFD: int | None = None) -> int:
             with open(record, "a") as f:
                 f.write(f"{os.getpid()}\n")
             return real(path, directoryFD)
 
-        self.patch(maildir, "_measure", measure)
+        self.patch(_sizing, "openMessage", measure)
         expected = [6, 6, 6, 6, 6, 65535 + 2 + 3]
         drop = openMaildir(self.path)
         sizes = [info.size for info in self.listing(drop)]
@@ -603,7 +603,7 @@ class ListingTests(_MaildirTestCase):
         self.patch(os, "cpu_count", lambda: 2)
         for number in range(4):
             self.deliver(self.path, "new", f"{number}.m", b"m\n")
-        real = maildir._measure
+        real = _sizing.openMessage
         record = os.path.abspath(self.mktemp())
         parent = os.getpid()
 
@@ -614,7 +614,7 @@ class ListingTests(_MaildirTestCase):
                 os.unlink(path, dir_fd=directoryFD)
             return real(path, directoryFD)
 
-        self.patch(maildir, "_measure", measure)
+        self.patch(_sizing, "openMessage", measure)
         uidls = [info.uidl for info in self.listing(self.openDrop(self.path))]
         with open(record) as f:
             removed = f.read().encode()
@@ -637,7 +637,7 @@ class ListingTests(_MaildirTestCase):
         """
         path = self.deliver(self.path, "new", "1.a", b"a\n")
         os.utime(path, (1000, 2000))
-        self.patch(maildir, "_measureFlags", [os.O_NOATIME])
+        self.patch(_sizing, "_noAccessTime", [os.O_NOATIME])
         drop = openMaildir(self.path)
         self.assertEqual(self.listing(drop), [MessageInfo(3, b"1.a")])
         drop.close()
@@ -655,7 +655,7 @@ class ListingTests(_MaildirTestCase):
         self.assertEqual(
             self.listing(self.openDrop(self.path)), [MessageInfo(3, b"1.a"), MessageInfo(4, b"2.b")]
         )
-        self.assertEqual(maildir._measureFlags, [0])
+        self.assertEqual(_sizing._noAccessTime, [0])
 
     def test_dovecotSize(self) -> None:
         """
@@ -730,7 +730,7 @@ class ListingTests(_MaildirTestCase):
         found again by base name.
         """
         self.deliver(self.path, "new", "1.a", b"a\n")
-        real = maildir._measure
+        real = _sizing.openMessage
         renamed: list[str] = []
 
         def measure(path: str, directoryFD: int | None = None) -> int:
@@ -740,7 +740,7 @@ class ListingTests(_MaildirTestCase):
                 os.rename(path, target, src_dir_fd=directoryFD)
             return real(path, directoryFD)
 
-        self.patch(maildir, "_measure", measure)
+        self.patch(_sizing, "openMessage", measure)
         drop = self.openDrop(self.path)
         self.assertEqual(self.listing(drop), [MessageInfo(3, b"1.a")])
         self.assertEqual(self.readAll(self.successResultOf(drop.open(0))), b"a\n")
@@ -751,14 +751,14 @@ class ListingTests(_MaildirTestCase):
         """
         self.deliver(self.path, "new", "1.a", b"a\n")
         self.deliver(self.path, "new", "2.b", b"bb\n")
-        real = maildir._measure
+        real = _sizing.openMessage
 
         def measure(path: str, directoryFD: int | None = None) -> int:
             if path.endswith("1.a"):
                 os.unlink(path, dir_fd=directoryFD)
             return real(path, directoryFD)
 
-        self.patch(maildir, "_measure", measure)
+        self.patch(_sizing, "openMessage", measure)
         self.assertEqual(self.listing(self.openDrop(self.path)), [MessageInfo(4, b"2.b")])
 
     def test_childStoppedWhenListingFails(self) -> None:
