@@ -822,10 +822,10 @@ class Maildir:
     Sizes come from Dovecot's C{,W=} in the file name when it is there; otherwise they are
     computed once by reading the message and kept in the file C{popd-index} of the Maildir, so
     that a session only reads the bodies of the messages delivered since the last one.  Many
-    messages are sized by this process and a forked child together (see L{_prefetch}), and
-    sizes computed at login are saved when the session ends, at its commit or its close, not
-    while the client waits for its answer (see L{_takeListing}).  The
-    same index keeps when each message was first retrieved by a session that committed, for the
+    messages are sized a batch at a time (see L{popd._sizing}), by this process and a forked
+    child together (see L{_prefetch}), and sizes computed at login are saved when the session
+    ends, at its commit or its close, not while the client waits for its answer (see
+    L{_takeListing}).  The same index keeps when each message was first retrieved by a session that committed, for the
     EXPIRE policy (RFC 2449 section 6.7); it is keyed by base name, so it survives other agents'
     renames, and its loss only makes messages look never retrieved.
 
