@@ -825,9 +825,9 @@ class Maildir:
     messages are sized a batch at a time (see L{popd._sizing}), by this process and a forked
     child together (see L{_prefetch}), and sizes computed at login are saved when the session
     ends, at its commit or its close, not while the client waits for its answer (see
-    L{_takeListing}).  The same index keeps when each message was first retrieved by a session that committed, for the
-    EXPIRE policy (RFC 2449 section 6.7); it is keyed by base name, so it survives other agents'
-    renames, and its loss only makes messages look never retrieved.
+    L{_takeListing}).  The same index keeps when each message was first retrieved by a session
+    that committed, for the EXPIRE policy (RFC 2449 section 6.7); it is keyed by base name, so it
+    survives other agents' renames, and its loss only makes messages look never retrieved.
 
     A message's UIDL is derived from its base name (see L{popd._index.ownUidl}), except in a
     Maildir migrated from Dovecot or Courier (R22).  With C{uidlMigration}, a listing that
