@@ -57,6 +57,8 @@ SERVERS = ("popd", "popd-2w", "dovecot", "twisted.mail")
 #: popd with --workers 2, run in the session scenarios only, to show how it scales to 2 cores.
 WORKERS_SERVER = "popd-2w"
 WORKERS_SCENARIOS = ("sessions", "tls")
+# The logins timed in the maildrop scenario (see Benchmark.scenario_maildrop).
+MAILDROP_LOGINS = ("cold", "warm", "pagedOut")
 SCENARIOS = ("ceiling", "sessions", "tls", "retr", "idle", "maildrop")
 COLOURS: dict[str, pngchart.Colour] = {
     "popd": (31, 119, 180),
@@ -208,10 +210,12 @@ class Fixtures:
         self.idleUsers = fixtures.userNames("idle", settings.idle)
         self.retrUser = "retr"
         self.maildropUser = "maildrop"
+        # The same maildrop, for a first login once its messages are paged out.
+        self.pagedOutUser = "pagedout"
         fixtures.writeCertificate(self.certificate, self.key)
         fixtures.writePasswd(
             self.passwd,
-            [*self.clients, *self.idleUsers, self.retrUser, self.maildropUser],
+            [*self.clients, *self.idleUsers, self.retrUser, self.maildropUser, self.pagedOutUser],
             settings.scheme,
         )
         self.batch = fixtures.makeBatch(
@@ -582,16 +586,18 @@ class Benchmark:
     def scenario_maildrop(self) -> dict[str, Any]:
         """
         (e) A large maildrop: the time of USER, PASS, STAT, UIDL, LIST and QUIT, at the first
-        login (no index of the server's yet: "cold") and at the three next ones ("warm").
-        Messages are in the page cache either way: they were just delivered.  Each round makes a
-        new copy of the maildrop for each server and starts it anew; the medians over the
-        rounds are reported, since one first login is one sample.
+        login (no index of the server's yet: "cold") and at the three next ones ("warm"), with
+        the messages in the page cache, as just delivered mail is; then at the first login on a
+        copy of it whose messages were paged out ("pagedOut": as after a restart).  Each round
+        makes new copies of the maildrop for each server and starts it anew; the medians over
+        the rounds are reported, since one first login is one sample.
         """
         templates = self.fixtures.maildropTemplates()
         count = len(templates)
 
         def prepare(users: fixtures.Users) -> None:
-            fixtures.linkInto(users.account(self.fixtures.maildropUser).maildir, templates)
+            for user in (self.fixtures.maildropUser, self.fixtures.pagedOutUser):
+                fixtures.linkInto(users.account(user).maildir, templates)
 
         def measure(server: servers.Server, users: fixtures.Users) -> dict[str, Any]:
             account = users.account(self.fixtures.maildropUser)
@@ -599,6 +605,9 @@ class Benchmark:
                 login: [timeCommands(server.address, account, count) for _ in range(repeat)]
                 for login, repeat in (("cold", 1), ("warm", 3))
             }
+            fixtures.pageOut(templates)
+            pagedOut = users.account(self.fixtures.pagedOutUser)
+            runs["pagedOut"] = [timeCommands(server.address, pagedOut, count)]
             return {"messages": count, "runs": runs}
 
         rounds = [
@@ -667,7 +676,7 @@ def _maildropMedians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         if "error" in result:
             return result
     merged: dict[str, Any] = {"messages": rounds[0]["messages"], "rounds": len(rounds)}
-    for login in ("cold", "warm"):
+    for login in MAILDROP_LOGINS:
         runs = [times for result in rounds for times in result["runs"][login]]
         for times in runs:
             times["PASS+STAT"] = times["PASS"] + times["STAT"]
@@ -689,10 +698,11 @@ def _brief(result: dict[str, Any]) -> str:
             extra = f", {result['errors']} errors" if result.get("errors") else ""
             return f"{key}={result[key]}{extra}"
     if "runs" in result:
-        cold, warm = result["runs"]["cold"][0], result["runs"]["warm"][0]
+        cold, warm, pagedOut = (result["runs"][login][0] for login in MAILDROP_LOGINS)
         return (
             f"cold PASS+STAT={cold['PASS'] + cold['STAT']:.4f}s"
             f" warm={warm['PASS'] + warm['STAT']:.4f}s"
+            f" paged out={pagedOut['PASS'] + pagedOut['STAT']:.4f}s"
         )
     return json.dumps(result)[:100]
 
@@ -814,6 +824,7 @@ METRICS = (
     ),
     Metric("maildrop", "maildrop LIST, cold", "s", _key("cold", "LIST"), False),
     Metric("maildrop", "maildrop LIST, warm", "s", _key("warm", "LIST"), False),
+    Metric("maildrop", "maildrop PASS+STAT, paged out", "s", _key("pagedOut", "PASS+STAT"), False),
 )
 
 
