@@ -36,6 +36,10 @@ _CHUNK = 65536
 # (50,000 paged-out messages: 0.64 s by 128, 0.52 s by 256, 0.44 s by 512, 3.9 s one by one),
 # at the cost of as many descriptors for a moment.
 _BATCH = 256
+# How much of each message of a batch is read ahead: all of nearly every message, and only the
+# start of a large one, whose reading then reads ahead as any sequential reading does, so that
+# a batch of large messages does not ask for gigabytes of page cache at once.
+_READ_AHEAD = 1 << 20
 _advise = getattr(os, "posix_fadvise", None)
 _WILL_NEED = getattr(os, "POSIX_FADV_WILLNEED", 0)
 
@@ -98,7 +102,7 @@ def _measureBatch(names: Sequence[str], directoryFD: int) -> list[int]:
         if _advise is not None:
             for fd in opened:
                 try:
-                    _advise(fd, 0, 0, _WILL_NEED)
+                    _advise(fd, 0, _READ_AHEAD, _WILL_NEED)
                 except OSError:
                     # Only a hint: not one for this kind of file.
                     pass

@@ -106,8 +106,8 @@ class SizingTests(SynchronousTestCase):
 
     def test_readAhead(self) -> None:
         """
-        Every message of a batch is announced to the kernel (to be read ahead) before the first
-        one is read.
+        Every message of a batch is announced to the kernel (to be read ahead, up to its first
+        MiB) before the first one is read.
         """
         names = self.write([b"a\n", b"b\n", b"c\n"])
         events: list[str] = []
@@ -115,7 +115,7 @@ class SizingTests(SynchronousTestCase):
 
         def advise(fd: int, offset: int, length: int, advice: int) -> None:
             events.append("advise")
-            self.assertEqual((offset, length, advice), (0, 0, os.POSIX_FADV_WILLNEED))
+            self.assertEqual((offset, length, advice), (0, 1 << 20, os.POSIX_FADV_WILLNEED))
             realAdvise(fd, offset, length, advice)
 
         def read(fd: int, size: int) -> bytes:
