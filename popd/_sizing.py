@@ -11,6 +11,7 @@ a time instead of one after another, and the batch's descriptors are closed by o
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 
@@ -40,6 +41,7 @@ _BATCH = 256
 # start of a large one, whose reading then reads ahead as any sequential reading does, so that
 # a batch of large messages does not ask for gigabytes of page cache at once.
 _READ_AHEAD = 1 << 20
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 _advise = getattr(os, "posix_fadvise", None)
 _WILL_NEED = getattr(os, "POSIX_FADV_WILLNEED", 0)
 
@@ -79,7 +81,7 @@ def measureMany(names: Sequence[str], directoryFD: int) -> list[int]:
     """
     @param names: message files in the directory C{directoryFD}.
     @return: the size of each message as transmitted, or L{UNREAD} for those that could not be
-        opened or read.
+        opened or read, and for the rest of a batch once the process is out of descriptors.
     """
     sizes: list[int] = []
     for start in range(0, len(names), _BATCH):
@@ -97,10 +99,14 @@ def _measureBatch(names: Sequence[str], directoryFD: int) -> list[int]:
         for name in names:
             try:
                 opened.append(openMessage(name, directoryFD))
-            except OSError:
+            except OSError as error:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    # The others would fail the same way: they are left unread.
+                    break
                 opened.append(UNREAD)
+        readable = [fd for fd in opened if fd != UNREAD]
         if _advise is not None:
-            for fd in opened:
+            for fd in readable:
                 try:
                     _advise(fd, 0, _READ_AHEAD, _WILL_NEED)
                 except OSError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -34,6 +35,7 @@ from popd._filememo import FileMemo
 from popd.errors import MaildropInUse, MessageGone, TemporaryFailure
 from popd.interfaces import IMaildrop, IMessage, MessageInfo
 from popd.maildir import Maildir, MaildirRealm, expandTemplate, openMaildir, validUsername
+from tests.support import canonical
 
 # The directory that holds the popd package, for child processes.
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(maildir.__file__)))
@@ -620,6 +622,27 @@ class ListingTests(_MaildirTestCase):
             removed = f.read().encode()
         self.assertEqual(uidls, [b"%d.m" % (n,) for n in range(4) if b"%d.m" % (n,) != removed])
         self.assertEqual(len(uidls), 3)
+
+    def test_sizedUnderDescriptorLimit(self) -> None:
+        """
+        With fewer descriptors left to the process than a batch of messages to size opens, the
+        listing still sizes every message (R19), and leaves no descriptor open.
+        """
+        self.patch(_sizing, "_BATCH", 64)
+        contents = [b"m\n" * n for n in range(100)]
+        for number, content in enumerate(contents):
+            self.deliver(self.path, "new", f"{number:03d}.m", content)
+        drop = self.openDrop(self.path)
+        before = len(os.listdir("/proc/self/fd"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # The directory, the scan's, and 16 messages at most.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before + 18, hard))
+        try:
+            sizes = [info.size for info in self.listing(drop)]
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(sizes, [len(canonical(content)) for content in contents])
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
 
     def test_sizeAcrossChunks(self) -> None:
         """

@@ -4,6 +4,7 @@ Tests for L{popd._sizing}: the sizes of message files as POP3 transmits them.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -93,6 +94,29 @@ class SizingTests(SynchronousTestCase):
         self.assertRaises(FileNotFoundError, measure, "gone", self.directoryFD)
         self.assertRaises(OSError, measure, "link", self.directoryFD)
         self.assertRaises(IsADirectoryError, measure, "directory", self.directoryFD)
+
+    def test_outOfDescriptors(self) -> None:
+        """
+        Once the process is out of descriptors, the rest of a batch is L{UNREAD} without being
+        tried; the next batch is tried again.
+        """
+        self.patch(_sizing, "_BATCH", 4)
+        names = self.write([b"a\n"] * 8)
+        realOpen = os.open
+        tried: list[str] = []
+
+        def open(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
+            tried.append(path)
+            if len(tried) in (3, 6):
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+            return realOpen(path, flags, *args, **kwargs)
+
+        self.patch(_sizing.os, "open", open)
+        before = _openDescriptors()
+        sizes = measureMany(names, self.directoryFD)
+        self.assertEqual(sizes, [3, 3, UNREAD, UNREAD, 3, 3, UNREAD, UNREAD])
+        self.assertEqual(tried, names[:3] + names[4:7])
+        self.assertEqual(_openDescriptors(), before)
 
     def test_fifo(self) -> None:
         """
