@@ -652,13 +652,19 @@ def makeService(options: Options) -> IService:
             shared.append((endpoint, tls))
         factory = server.implicitTLS() if tls else server.factory
         StreamServerEndpointService(endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]
-    if options["metrics"] is not None:
-        site = Site(MetricsResource(server.factory.metrics))  # type: ignore[no-untyped-call]
-        strports.service(options["metrics"], site, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
+    metrics = options["metrics"]
+    pool = None
     if workers:
-        pool = WorkerPool(cast(IReactorProcess, reactor), options.arguments, shared, workers)
+        pool = WorkerPool(
+            cast(IReactorProcess, reactor), options.arguments, shared, workers, metrics is not None
+        )
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]
         server.reloads.append(pool.hangup)
+    if metrics is not None:
+        # With workers, the sum of every process's counters.
+        resource = MetricsResource(server.factory.metrics, None if pool is None else pool.metrics)
+        site = Site(resource)  # type: ignore[no-untyped-call]
+        strports.service(metrics, site, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     ReloadOnHangup(cast(IReactorFromThreads, reactor), server.reloads).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
 

@@ -4,6 +4,8 @@ Tests for L{popd.metrics}: what the server counts, and the Prometheus text it se
 
 from __future__ import annotations
 
+import json
+
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.task import Clock
@@ -99,3 +101,78 @@ class RenderTests(SynchronousTestCase):
             request.responseHeaders.getRawHeaders(b"content-type"),
             [b"text/plain; version=0.0.4; charset=utf-8"],
         )
+
+
+class SumTests(SynchronousTestCase):
+    """
+    The counters of several processes: carried as snapshots, summed, and served as one.
+    """
+
+    def counted(self) -> Metrics:
+        metrics = Metrics()
+        metrics.connected()
+        metrics.connected()
+        metrics.logins["success"] += 1
+        metrics.commands["RETR"] += 3
+        metrics.octetsSent += 100
+        metrics.sessionEnded("too many connections", 0.05)
+        return metrics
+
+    def test_snapshot(self) -> None:
+        """
+        A snapshot carried through JSON gives back the same counters.
+        """
+        metrics = self.counted()
+        again = Metrics.fromSnapshot(json.loads(json.dumps(metrics.snapshot())))
+        self.assertEqual(again.snapshot(), metrics.snapshot())
+        self.assertEqual(again.render(), metrics.render())
+
+    def test_notSnapshot(self) -> None:
+        """
+        Anything else is refused, rather than served: a missing or unknown field, a count that
+        is not a whole number, a label that could not be quoted as it is, a wrong histogram.
+        """
+        good = self.counted().snapshot()
+        bad: list[object] = [
+            [],
+            {**good, "connections": "1"},
+            {**good, "connections": True},
+            {**good, "extra": 1},
+            {key: value for key, value in good.items() if key != "sessions"},
+            {**good, "logins": {'a"b': 1}},
+            {**good, "logins": {"a\nb": 1}},
+            {**good, "commands": [1]},
+            {**good, "durationCounts": [0]},
+            {**good, "durationSum": "0"},
+        ]
+        for snapshot in bad:
+            self.assertRaises(ValueError, Metrics.fromSnapshot, snapshot)
+
+    def test_add(self) -> None:
+        """
+        Adding sums every counter, label by label, and the histogram bucket by bucket.
+        """
+        total = self.counted()
+        other = self.counted()
+        other.logins["failure"] += 2
+        other.sessionEnded("quit", 4000.0)
+        total.add(other)
+        self.assertEqual((total.connections, total.openConnections), (4, 1))
+        self.assertEqual(dict(total.logins), {"success": 2, "failure": 2})
+        self.assertEqual(total.octetsSent, 200)
+        lines = total.render().decode("ascii").splitlines()
+        self.assertIn('popd_sessions_total{outcome="too many connections"} 2', lines)
+        self.assertIn('popd_session_duration_seconds_bucket{le="0.1"} 2', lines)
+        self.assertIn('popd_session_duration_seconds_bucket{le="+Inf"} 3', lines)
+
+    def test_resourceSums(self) -> None:
+        """
+        L{MetricsResource} serves its process's counters plus the others' as they are now.
+        """
+        others: list[Metrics] = []
+        resource = MetricsResource(self.counted(), lambda: others)
+        body = resource.render_GET(DummyRequest([b""]))  # type: ignore[arg-type]
+        self.assertIn(b"popd_connections_total 2\n", body)
+        others += [self.counted(), self.counted()]
+        body = resource.render_GET(DummyRequest([b""]))  # type: ignore[arg-type]
+        self.assertIn(b"popd_connections_total 6\n", body)

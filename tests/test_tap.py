@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from io import StringIO
+from urllib.request import urlopen
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -978,12 +979,16 @@ class WorkersTests(SynchronousTestCase):
         for name in ("new", "cur", "tmp"):
             maildir.child(name).makedirs()
         maildir.child("new").child("1700000000.M1P1.test").setContent(b"Subject: hi\n\nbody\n")
-        (self.port,) = _freePorts(1)
+        self.port, self.metricsPort = _freePorts(2)
+        # Sessions that _serves made.
+        self.served = 0
         self.output = self.directory.child("twistd.out")
         with self.output.open("w") as outputFile:
             self.process = subprocess.Popen(
                 _twistd("-n", "--pidfile=", "popd", "--workers", "2",
-                        "--listen", f"tcp:{self.port}:interface=127.0.0.1", *files.store()),
+                        "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                        "--metrics", f"tcp:{self.metricsPort}:interface=127.0.0.1",
+                        *files.store()),
                 cwd=self.directory.path,
                 env=_environment(),
                 stdin=subprocess.DEVNULL,
@@ -1020,6 +1025,7 @@ class WorkersTests(SynchronousTestCase):
         client.pass_("secret")
         self.assertEqual(client.retr(1)[1], [b"Subject: hi", b"", b"body"])
         client.quit()
+        self.served += 1
         return True
 
     def test_workerServes(self) -> None:
@@ -1039,3 +1045,27 @@ class WorkersTests(SynchronousTestCase):
         """
         os.kill(self.worker, signal.SIGKILL)
         self.worker = self._waitForWorker((self.worker,))
+
+    def _committed(self) -> int:
+        """
+        @return: the sessions that committed, as the main process's metrics count them.
+        """
+        with urlopen(f"http://127.0.0.1:{self.metricsPort}/metrics", timeout=10) as response:
+            lines = response.read().decode("ascii").splitlines()
+        prefix = 'popd_sessions_total{outcome="committed"} '
+        return sum(int(line[len(prefix) :]) for line in lines if line.startswith(prefix))
+
+    def test_metricsOfWorkers(self) -> None:
+        """
+        The main process's metrics count the sessions the worker served too (within a report's
+        interval).
+        """
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            self.assertTrue(self._serves())
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + _PROCESS_TIMEOUT
+        while self._committed() != self.served and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self._committed(), self.served)
