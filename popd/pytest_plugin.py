@@ -3,8 +3,8 @@ pytest fixtures for the tests of POP3 clients, over L{popd.testing.serve}:
 
   - C{pop3_server}: a running L{popd.testing.Server} with the user C{user}, password
     C{password}, and an empty mailbox.  Parametrize it indirectly with a dict of C{serve()}'s
-    keyword arguments (C{users}, C{mailboxes}, C{tls}, factory options); without C{users} it
-    keeps the default user.
+    keyword arguments (C{users}, C{mailboxes}, C{tls}, C{stls}, factory options); without
+    C{users} it keeps the default user.
   - C{pop3_server_factory}: starts servers from C{serve()}'s arguments, with the same default
     user, for tests that need several.
 

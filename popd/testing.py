@@ -13,6 +13,10 @@ may install or run it at any time; a reactor that no one else knows of never com
 
 L{serveInReactor} serves in the global reactor instead, for tests that already run in it and
 talk to the server with Twisted clients.
+
+Either offers implicit TLS (C{tls=True}) or C{STLS} (C{stls=True}) with a certificate made for
+the server.  For C{STLS} in this module's reactor, Twisted is told which reactor times the TLS
+layers that C{startTLS} makes in that reactor's thread (see L{_timeTLSInThread}).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -38,6 +42,9 @@ from twisted.python.failure import Failure
 from popd.memory import MemoryMailbox, MemoryRealm
 from popd.protocol import POP3ServerFactory, POP3ServerProtocol
 from popd.url import PopURL
+
+if TYPE_CHECKING:
+    from popd.tls import ReloadableTLSContext
 
 __all__ = ["HOST", "ReactorServer", "Server", "serve", "serveInReactor"]
 
@@ -96,8 +103,9 @@ class ReactorServer:
 
     @ivar host: the address to connect to, L{HOST}.
     @ivar port: the port to connect to.
-    @ivar caFile: with implicit TLS, a PEM file holding the server's self-signed certificate,
-        for clients to trust (C{ssl.create_default_context(cafile=...)}); L{None} without TLS.
+    @ivar caFile: with C{tls} or C{stls}, a PEM file holding the server's self-signed
+        certificate, for clients to trust (C{ssl.create_default_context(cafile=...)}); L{None}
+        without TLS.
         It is removed when the server stops.
     """
 
@@ -108,6 +116,7 @@ class ReactorServer:
         mailboxes: Mapping[str, Iterable[bytes]] | None = None,
         *,
         tls: bool = False,
+        stls: bool = False,
         **factoryOptions: Any,
     ) -> None:
         """
@@ -119,9 +128,11 @@ class ReactorServer:
             entry have an empty mailbox.
         @param tls: serve implicit TLS (as on port 995) with a certificate for C{localhost}
             and C{127.0.0.1} made for this server.
+        @param stls: offer C{STLS} with such a certificate.
         @param factoryOptions: keyword arguments for L{POP3ServerFactory}; C{authFailureDelay}
             is 0 unless given, so that tests of failed logins are fast.
-        @raise ValueError: when C{mailboxes} names a user not in C{users}.
+        @raise ValueError: when C{mailboxes} names a user not in C{users}; for C{tls} with
+            C{stls} (a TLS connection is not offered C{STLS}), or with C{tlsContextFactory}.
         @raise TypeError: when a message is not C{bytes}, or for an unknown factory option.
         """
         users = users or {}
@@ -129,6 +140,8 @@ class ReactorServer:
         unknown = sorted(set(mailboxes) - set(users))
         if unknown:
             raise ValueError(f"mailboxes given for users that do not exist: {unknown}")
+        if tls + stls + ("tlsContextFactory" in factoryOptions) > 1:
+            raise ValueError("choose one of tls, stls and tlsContextFactory")
         checker = InMemoryUsernamePasswordDatabaseDontUse()
         self._mailboxes: dict[str, MemoryMailbox] = {}
         for user, password in users.items():
@@ -140,9 +153,11 @@ class ReactorServer:
         realm = MemoryRealm({user.encode("utf-8"): box for user, box in self._mailboxes.items()})
         clock = IReactorTime(reactor)
         factoryOptions.setdefault("authFailureDelay", 0)
-        self._factory = _SessionFactory(Portal(realm, [checker]), reactor=clock, **factoryOptions)
         self.caFile: str | None = None
         self._directory: str | None = None
+        if stls:
+            factoryOptions["tlsContextFactory"] = self._certificate()
+        self._factory = _SessionFactory(Portal(realm, [checker]), reactor=clock, **factoryOptions)
         listening: ServerFactory[Any] = self._factory
         if tls:
             listening = self._implicitTLS(clock)
@@ -155,16 +170,29 @@ class ReactorServer:
 
     def _implicitTLS(self, clock: IReactorTime) -> ServerFactory[Any]:
         """
-        Make a certificate in a new directory, and wrap the POP3 factory in TLS with it.
+        Wrap the POP3 factory in TLS with a certificate made for this server.
 
         @param clock: the reactor, for the TLS layer's timed writes (by default Twisted's
             global reactor, which may not be the one serving).
         @return: the factory to listen with.
         """
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        # listenTCP is annotated with ServerFactory, but takes any protocol factory.
+        return cast(
+            ServerFactory[Any],
+            TLSMemoryBIOFactory(self._certificate(), False, self._factory, clock),
+        )
+
+    def _certificate(self) -> ReloadableTLSContext:
+        """
+        Make a certificate for this server in a new directory (see L{caFile}).
+
+        @return: the server's TLS context with it.
+        """
         # Imported here: the certificate tools cost their import only to servers that use them.
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import Encoding
-        from twisted.protocols.tls import TLSMemoryBIOFactory
 
         from popd.demo import selfSignedCertificate
         from popd.tls import ReloadableTLSContext
@@ -179,9 +207,7 @@ class ReactorServer:
         with open(self.caFile, "wb") as stream:
             certificate = x509.load_pem_x509_certificate(keyAndCertificate)
             stream.write(certificate.public_bytes(Encoding.PEM))
-        context = ReloadableTLSContext(serverFile, serverFile)
-        # listenTCP is annotated with ServerFactory, but takes any protocol factory.
-        return cast(ServerFactory[Any], TLSMemoryBIOFactory(context, False, self._factory, clock))
+        return ReloadableTLSContext(serverFile, serverFile)
 
     def mailbox(self, user: str) -> list[bytes]:
         """
@@ -222,7 +248,7 @@ class ReactorServer:
         @raise ValueError: when the server does not use TLS.
         """
         if self.caFile is None:
-            raise ValueError("this server does not use TLS; start it with tls=True")
+            raise ValueError("this server does not use TLS; start it with tls=True or stls=True")
         return ssl.create_default_context(cafile=self.caFile)
 
     def stop(self) -> Deferred[None]:
@@ -252,19 +278,21 @@ def serveInReactor(
     mailboxes: Mapping[str, Iterable[bytes]] | None = None,
     *,
     tls: bool = False,
+    stls: bool = False,
     **factoryOptions: Any,
 ) -> ReactorServer:
     """
     Start a POP3 server in Twisted's global reactor, for trial tests whose clients run in it:
     the server's methods are plain calls from the test, and its C{stop()} returns a
-    L{Deferred} (for C{addCleanup}).  It takes L{serve}'s arguments, and also
-    C{tlsContextFactory}, to offer C{STLS}.
+    L{Deferred} (for C{addCleanup}).  It takes L{serve}'s arguments.
 
     @return: the listening server.
     """
     from twisted.internet import reactor
 
-    return ReactorServer(cast(IReactorTCP, reactor), users, mailboxes, tls=tls, **factoryOptions)
+    return ReactorServer(
+        cast(IReactorTCP, reactor), users, mailboxes, tls=tls, stls=stls, **factoryOptions
+    )
 
 
 class _ReactorThread:
@@ -283,6 +311,17 @@ class _ReactorThread:
             daemon=True,
         )
         self._thread.start()
+        self._timingTLS = False
+
+    def timeTLS(self) -> None:
+        """
+        Let this reactor's servers start TLS on their connections (C{STLS}): see
+        L{_timeTLSInThread}.  Only the first call does something.
+        """
+        with _startLock:
+            if not self._timingTLS:
+                _timeTLSInThread(self._thread, self.reactor)
+                self._timingTLS = True
 
     @overload
     def call(self, f: Callable[_P, Deferred[_R]], *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
@@ -303,6 +342,25 @@ class _ReactorThread:
                 "from the thread that runs the servers; use serveInReactor() there"
             )
         return blockingCallFromThread(self.reactor, f, *args, **kwargs)
+
+
+def _timeTLSInThread(thread: threading.Thread, reactor: IReactorTime) -> None:
+    """
+    Make the TLS layers that Twisted makes without a clock in C{thread} time their writes with
+    C{reactor}, the one that runs there.  C{startTLS} (for C{STLS}) makes its TLS layer so, and
+    Twisted then times it with its global reactor, which is not running in C{thread}, if at
+    all: the handshake would never be written.  Twisted asks
+    C{twisted.protocols.tls._get_default_clock}, there to be replaced in tests; everywhere but
+    in C{thread} it still answers as it did.
+    """
+    from twisted.protocols import tls
+
+    original = tls._get_default_clock
+
+    def clock() -> IReactorTime:
+        return reactor if threading.current_thread() is thread else original()
+
+    tls._get_default_clock = clock
 
 
 _startLock = threading.Lock()
@@ -327,9 +385,9 @@ class Server:
 
     @ivar host: the address to connect to, L{HOST}.
     @ivar port: the port to connect to.
-    @ivar caFile: with C{tls=True}, a PEM file holding the server's self-signed certificate,
-        for clients to trust (C{ssl.create_default_context(cafile=...)}); L{None} without TLS.
-        It is removed when the server stops.
+    @ivar caFile: with C{tls=True} or C{stls=True}, a PEM file holding the server's
+        self-signed certificate, for clients to trust (C{ssl.create_default_context(cafile=...)});
+        L{None} otherwise.  It is removed when the server stops.
     """
 
     def __init__(self, thread: _ReactorThread, server: ReactorServer) -> None:
@@ -396,6 +454,7 @@ def serve(
     mailboxes: Mapping[str, Iterable[bytes]] | None = None,
     *,
     tls: bool = False,
+    stls: bool = False,
     **factoryOptions: Any,
 ) -> Server:
     """
@@ -415,20 +474,22 @@ def serve(
         entry have an empty mailbox.
     @param tls: serve implicit TLS (as on port 995) with a certificate for C{localhost} and
         C{127.0.0.1} made for this server; see L{Server.caFile} and L{Server.sslContext}.
+    @param stls: offer C{STLS} (RFC 2595) with such a certificate instead.
     @param factoryOptions: keyword arguments for L{POP3ServerFactory}, such as
-        C{maxAuthFailures=1} or C{expireDays=0}; C{authFailureDelay} is 0 unless given, so
-        that tests of failed logins are fast.  C{tlsContextFactory} (C{STLS}) is refused:
-        Twisted's C{startTLS} times its writes with the global reactor, not this server's;
-        use L{serveInReactor} for C{STLS}.
+        C{maxAuthFailures=1}, C{expireDays=0} or C{tlsContextFactory} (C{STLS} with a
+        certificate of the test's); C{authFailureDelay} is 0 unless given, so that tests of
+        failed logins are fast.
     @return: the listening server; it stops at the end of a C{with} block, or on
         L{Server.stop}.
-    @raise ValueError: when C{mailboxes} names a user not in C{users}, or for
-        C{tlsContextFactory}.
+    @raise ValueError: when C{mailboxes} names a user not in C{users}, or for more than one of
+        C{tls}, C{stls} and C{tlsContextFactory}.
     @raise TypeError: when a message is not C{bytes}, or for an unknown factory option.
     @raise RuntimeError: when called from the servers' own thread.
     """
-    if "tlsContextFactory" in factoryOptions:
-        raise ValueError("serve() cannot offer STLS; use tls=True, or serveInReactor()")
     thread = _theReactorThread()
-    server = thread.call(ReactorServer, thread.reactor, users, mailboxes, tls=tls, **factoryOptions)
+    if stls or "tlsContextFactory" in factoryOptions:
+        thread.timeTLS()
+    server = thread.call(
+        ReactorServer, thread.reactor, users, mailboxes, tls=tls, stls=stls, **factoryOptions
+    )
     return Server(thread, server)

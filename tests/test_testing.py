@@ -112,6 +112,36 @@ class ServeTests(SynchronousTestCase):
                 poplib.error_proto, login, server.host, server.port, "jürgen", "passwörd"
             )
 
+    def test_stls(self) -> None:
+        """
+        With C{stls=True} the server offers C{STLS} with a certificate of its own, which
+        clients verify with L{Server.sslContext}; with C{tlsContextFactory}, with the test's.
+        Twisted's global reactor, which is not running here, is still its own clock in this
+        thread.
+        """
+        from twisted.protocols import tls
+
+        with serve(users={"bob": "secret"}, mailboxes={"bob": [HI]}, stls=True) as server:
+            client = poplib.POP3(server.host, server.port, timeout=10)
+            self.assertIn("STLS", client.capa())
+            client.stls(server.sslContext())
+            client.user("bob")
+            client.pass_("secret")
+            self.assertEqual(client.stat(), (1, len(HI)))
+            client.quit()
+        self.assertIs(tls._get_default_clock(), reactor)
+        pem = FilePath(self.mktemp())
+        pem.setContent(selfSignedCertificate())
+        context = ReloadableTLSContext(pem.path, pem.path)
+        with serve(users={"bob": "secret"}, tlsContextFactory=context) as server:
+            self.assertIsNone(server.caFile)
+            client = poplib.POP3(server.host, server.port, timeout=10)
+            client.stls(ssl.create_default_context(cafile=pem.path))
+            client.user("bob")
+            client.pass_("secret")
+            self.assertEqual(client.stat(), (0, 0))
+            client.quit()
+
     def test_tls(self) -> None:
         """
         With C{tls=True} the server speaks implicit TLS with a certificate that clients verify
@@ -216,11 +246,13 @@ class ServeTests(SynchronousTestCase):
     def test_badArguments(self) -> None:
         """
         Mailboxes of users that do not exist, and messages that are not C{bytes}, are refused;
-        so are unknown users in L{Server.mailbox} and L{Server.deliver}, and C{STLS}.
+        so are unknown users in L{Server.mailbox} and L{Server.deliver}, and more than one way
+        of TLS.
         """
         self.assertRaises(ValueError, serve, users={"bob": "x"}, mailboxes={"alice": [HI]})
         self.assertRaises(TypeError, serve, users={"bob": "x"}, mailboxes={"bob": ["text"]})
-        self.assertRaises(ValueError, serve, tlsContextFactory=object())
+        self.assertRaises(ValueError, serve, tls=True, stls=True)
+        self.assertRaises(ValueError, serve, stls=True, tlsContextFactory=object())
         with serve(users={"bob": "secret"}) as server:
             self.assertRaises(KeyError, server.mailbox, "alice")
             self.assertRaises(KeyError, server.deliver, "alice", HI)
