@@ -88,8 +88,9 @@ def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
 
     The UIDL is the record's C{P} extension when it has one (written by C{pop3_save_uidl}; when
     empty it means the base name), else what Dovecot's default C{pop3_uidl_format},
-    C{%08Xu%08Xv}, gives: the UID then the UIDVALIDITY, each as 8 upper-case hex digits.  A
-    custom C{pop3_uidl_format} cannot be known here.
+    C{%08Xu%08Xv}, gives: the UID then the UIDVALIDITY, each as at least 8 lower-case hex
+    digits (Dovecot's C{X} prints hex in lower case: C{000000016b02839d}).  A custom
+    C{pop3_uidl_format} cannot be known here.
 
     @return: the UIDL of each base name, leaving out those POP3 does not allow, and how many
         were left out.
@@ -143,7 +144,7 @@ def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
         if not baseName or b"/" in rest:
             raise LegacyFormatError(number, "bad file name")
         if pop3 is None:
-            uidl = b"%08X%08X" % (uid, uidValidity)
+            uidl = b"%08x%08x" % (uid, uidValidity)
         else:
             uidl = pop3 or baseName
         uidls[_decodeName(baseName)] = uidl

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import grp
 import os
+import poplib
 import pwd
 import shutil
 import socket
@@ -43,7 +44,7 @@ from popd import POP3ServerFactory
 from popd.conformance import Config, Outcome, Report, Security, run
 from popd.cred import PasswdFileChecker, hashPassword
 from popd.demo import selfSignedCertificate
-from popd.maildir import MaildirRealm
+from popd.maildir import MaildirRealm, openMaildir
 from popd.tls import ReloadableTLSContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -445,6 +446,32 @@ service anvil {{
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+
+    async def test_uidlMigration(self) -> None:
+        """
+        With C{uidlMigration="dovecot"}, popd gives each message of a Maildir that Dovecot
+        served the UIDL that Dovecot gave it, read from the C{dovecot-uidlist} Dovecot wrote
+        (R22): Dovecot's default format, in the hex digits Dovecot prints.
+        """
+
+        def dovecotUidls() -> list[bytes]:
+            client = poplib.POP3(HOST, self.port, timeout=10)
+            client.user(MAIN)
+            client.pass_(MAIN_PASSWORD)
+            uidls = [line.split()[1] for line in client.uidl()[1]]
+            client.quit()
+            return uidls
+
+        theirs = await deferToThread(dovecotUidls)
+        copy = FilePath(self.mktemp())
+        shutil.copytree(self.directory.descendant(["mail", MAIN, "Maildir"]).path, copy.path)
+        drop = openMaildir(copy.path, uidlMigration="dovecot")
+        try:
+            ours = [info.uidl for info in self.successResultOf(drop.listing())]
+        finally:
+            drop.close()
+        self.assertEqual(len(theirs), len(MAIN_MESSAGES))
+        self.assertEqual(sorted(ours), sorted(theirs))
 
     async def test_dovecot(self) -> None:
         """

@@ -2632,7 +2632,7 @@ class LockTests(_MaildirTestCase):
 
 
 # UIDL migration fixtures (R22): Maildirs as Dovecot 2.3 and Courier 5 leave them, with the files
-# in which they kept the POP3 UIDLs they gave out.  UIDVALIDITY 1597643564 is 0x5F3A1B2C.
+# in which they kept the POP3 UIDLs they gave out.  UIDVALIDITY 1597643564 is 0x5f3a1b2c.
 _HOST = "mail.example.org"
 _DOVECOT_FILES = [
     ("cur", f"1597643000.M1P100.{_HOST},S=2166,W=2217:2,S"),
@@ -2654,8 +2654,8 @@ _DOVECOT_V3 = (
     b"5 P W42 :1597643300.M4P100.mail.example.org,S=40,W=42:2,\n"
 )
 _DOVECOT_V3_UIDLS = [
-    b"000000015F3A1B2C",
-    b"000000025F3A1B2C",
+    b"000000015f3a1b2c",
+    b"000000025f3a1b2c",
     b"1597643200.M3P100.legacy",
     b"1597643300.M4P100.mail.example.org,S=40,W=42",
     b"1597643500.M6P100.mail.example.org,S=40,W=42",
@@ -2774,8 +2774,8 @@ class UIDLMigrationTests(_MaildirTestCase):
             self.readIndex(),
             _signedIndex(
                 [
-                    b"- 1597643000.M1P100.mail.example.org,S=2166,W=2217 uidl=000000015F3A1B2C",
-                    b"- 1597643100.M2P100.mail.example.org,S=500,W=510 uidl=000000025F3A1B2C",
+                    b"- 1597643000.M1P100.mail.example.org,S=2166,W=2217 uidl=000000015f3a1b2c",
+                    b"- 1597643100.M2P100.mail.example.org,S=500,W=510 uidl=000000025f3a1b2c",
                     b"- 1597643200.M3P100.mail.example.org,S=40,W=42 uidl=1597643200.M3P100.legacy",
                     b"- 1597643300.M4P100.mail.example.org,S=40,W=42 own",
                     b"- 1597643500.M6P100.mail.example.org,S=40,W=42 own",
@@ -2794,8 +2794,8 @@ class UIDLMigrationTests(_MaildirTestCase):
         self.assertEqual(
             self.session("dovecot"),
             [
-                b"000000015F3A1B2C",
-                b"000000035F3A1B2C",
+                b"000000015f3a1b2c",
+                b"000000035f3a1b2c",
                 b"1597643200.M3P100.mail.example.org,S=40,W=42",
                 b"1597643300.M4P100.mail.example.org,S=40,W=42",
                 b"1597643500.M6P100.mail.example.org,S=40,W=42",
@@ -3005,17 +3005,17 @@ class UIDLMigrationTests(_MaildirTestCase):
         """
         self.deliverAll(_DOVECOT_FILES[:1])
         self.writeFile("dovecot-uidlist", _DOVECOT_V3)
-        self.assertEqual(self.session("dovecot"), [b"000000015F3A1B2C"])
+        self.assertEqual(self.session("dovecot"), [b"000000015f3a1b2c"])
         self.deliverAll(_DOVECOT_FILES[1:2])
         self.writeFile(
             "dovecot-uidlist",
             b"3 V1597643564 N3\n"
             b"1 :1597643000.M1P100.mail.example.org,S=2166,W=2217\n"
-            b"2 P000000015F3A1B2C :1597643100.M2P100.mail.example.org,S=500,W=510\n",
+            b"2 P000000015f3a1b2c :1597643100.M2P100.mail.example.org,S=500,W=510\n",
         )
         self.assertEqual(
             self.session("dovecot"),
-            [b"000000015F3A1B2C", b"1597643100.M2P100.mail.example.org,S=500,W=510"],
+            [b"000000015f3a1b2c", b"1597643100.M2P100.mail.example.org,S=500,W=510"],
         )
 
     def test_ownUidlTaken(self) -> None:
@@ -3185,7 +3185,7 @@ class UIDLMigrationTests(_MaildirTestCase):
             b"1 :1597643000.M1P100.mail.example.org,S=2166,W=2217:2,\n"
             b"2 :1597643000.M1P100.mail.example.org,S=2166,W=2217:2,S\n",
         )
-        self.assertEqual(self.session("dovecot"), [b"000000025F3A1B2C"])
+        self.assertEqual(self.session("dovecot"), [b"000000025f3a1b2c"])
 
     def test_unterminatedRecord(self) -> None:
         """
@@ -3198,7 +3198,7 @@ class UIDLMigrationTests(_MaildirTestCase):
         for tail in [b"2 P1597", b"2 Pcut :" + own]:
             self.writeFile("dovecot-uidlist", header + tail)
             with capturedLogs() as events:
-                self.assertEqual(self.session("dovecot"), [b"000000015F3A1B2C", own])
+                self.assertEqual(self.session("dovecot"), [b"000000015f3a1b2c", own])
             self.assertEqual(_warnings(events), [])
             os.unlink(self.index)
 
