@@ -252,8 +252,9 @@ class MaildirRealm:
     def __init__(self, template: str, uidlMigration: str | None = None) -> None:
         """
         @param template: the path of a user's Maildir, with placeholders.
-        @param uidlMigration: C{"dovecot"} or C{"courier"} to keep the UIDLs that this server
-            gave out on the same Maildirs (R22; see L{Maildir}), or L{None}.
+        @param uidlMigration: C{"dovecot"}, C{"dovecot:FORMAT"} or C{"courier"} to keep the
+            UIDLs that this server gave out on the same Maildirs (R22; see L{Maildir} and
+            L{popd.uidlmigration}), or L{None}.
         @raise ValueError: C{template} has an unknown placeholder, or C{uidlMigration} is not
             one of those values; raised here so that a bad configuration is reported before the
             server listens.
@@ -334,8 +335,8 @@ def openMaildir(
     the kernel releases it when the process dies.
 
     @param clock: gives the current POSIX time, recorded when messages are first retrieved.
-    @param uidlMigration: C{"dovecot"} or C{"courier"} to keep the UIDLs that this server gave
-        out (see L{Maildir}), or L{None}.
+    @param uidlMigration: C{"dovecot"}, C{"dovecot:FORMAT"} or C{"courier"} to keep the UIDLs
+        that this server gave out (see L{Maildir}), or L{None}.
     @raise ValueError: C{uidlMigration} is not one of those values.
     @raise MaildropInUse: another session holds the lock.
     @raise TemporaryFailure: the Maildir could not be created or the lock file opened (the
@@ -894,8 +895,8 @@ class Maildir:
         @param path: the real path of the Maildir, locked by this process.
         @param lockFD: the descriptor of its lock file, owned by this object from now on.
         @param clock: gives the current POSIX time, recorded when messages are first retrieved.
-        @param uidlMigration: C{"dovecot"} or C{"courier"}: the server whose UIDLs to keep; or
-            L{None}.
+        @param uidlMigration: C{"dovecot"}, C{"dovecot:FORMAT"} or C{"courier"}: the server
+            whose UIDLs to keep (see L{popd.uidlmigration}); or L{None}.
         @raise ValueError: C{uidlMigration} is not one of those values.
         """
         uidlmigration.checkSource(uidlMigration)
@@ -1470,7 +1471,7 @@ class Maildir:
         if not self._legacyRead:
             self._legacyRead = True
             self._legacy = self._readLegacy(
-                os.path.join(self.path, uidlmigration.FILES[kind]), kind
+                os.path.join(self.path, uidlmigration.fileOf(kind)), kind
             )
         return self._legacy
 

@@ -40,6 +40,7 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.web.server import Site
 
+from popd import uidlmigration
 from popd.cred import PasswdFileChecker, PasswdFileError
 from popd.demo import DEMO_HOST, prepareDemo
 from popd.maildir import MaildirRealm
@@ -213,7 +214,8 @@ Examples:
             None,
             "Keep the POP3 UIDLs that Dovecot or Courier gave out on these Maildirs (read from "
             "dovecot-uidlist or courierpop3dsizelist), so that clients do not download all mail "
-            "again: dovecot or courier. Example: --uidl-migration dovecot",
+            "again: dovecot, dovecot:FORMAT (Dovecot's pop3_uidl_format, when not the default) "
+            "or courier. Example: --uidl-migration dovecot",
         ],
         [
             "passwd-scheme",
@@ -482,8 +484,10 @@ Examples:
             raise usage.UsageError(
                 "give --maildir, to say where mail is (or no store options at all, to run the demo)"
             )
-        if self["uidl-migration"] not in (None, "dovecot", "courier"):
-            raise usage.UsageError("--uidl-migration must be dovecot or courier")
+        try:
+            uidlmigration.checkSource(self["uidl-migration"])
+        except ValueError as e:
+            raise usage.UsageError(f"--uidl-migration: {e}") from None
         try:
             realm = MaildirRealm(self["maildir"], uidlMigration=self["uidl-migration"])
         except ValueError as e:

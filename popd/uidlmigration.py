@@ -3,12 +3,16 @@ The UIDLs that Dovecot and Courier handed out, read from the files they keep in 
 that clients of a server popd replaces do not download every message again (rule R22).
 
 Parsing only: L{popd.maildir} decides when to read the files, and saves what it chose.
+
+A migration source is C{"courier"}, C{"dovecot"}, or C{"dovecot:FORMAT"} for a Dovecot whose
+C{pop3_uidl_format} was not its default, C{%08Xu%08Xv}.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 
 DOVECOT = "dovecot"
 COURIER = "courier"
@@ -33,6 +37,86 @@ _COURIER_RECORD = re.compile(
     rb"(.+) ([0-9]{1,20}) ([0-9]{1,20}):([0-9]{1,20})(?::[0-9]{1,10})?", re.DOTALL
 )
 _COURIER_VERSIONS = frozenset({b"2", b"3"})
+
+
+# Dovecot's default pop3_uidl_format.
+_DOVECOT_DEFAULT_FORMAT = "%08Xu%08Xv"
+# A variable of a pop3_uidl_format, of the forms popd reads: an optional width (the value is
+# padded with zeros to it when it starts with 0, else cut to it), modifiers, and a key.
+_FORMAT_VARIABLE = re.compile(r"%(?:(0?)([1-9][0-9]*))?([LUX]*)([uvfg])")
+
+
+@dataclass(frozen=True)
+class _Variable:
+    """
+    A variable of a C{pop3_uidl_format}: see L{compileFormat}.
+    """
+
+    key: str
+    modifiers: str
+    width: int | None
+    zeroPadded: bool
+
+
+_Format = tuple["bytes | _Variable", ...]
+
+
+def compileFormat(format: str) -> _Format:
+    """
+    Read a Dovecot C{pop3_uidl_format}, of the variables that a Maildir's C{dovecot-uidlist}
+    tells: C{%u} (the IMAP UID), C{%v} (the UIDVALIDITY), C{%f} (the base file name) and C{%g}
+    (the message's GUID, which is its base file name unless the record has a C{G} field), and
+    C{%%}; each with the modifiers C{L} (lower case), C{U} (upper case) and C{X} (hex, of C{%u}
+    and C{%v}), after a width: C{%08Xu} is padded with zeros to 8, C{%3f} cut to 3.  Checked
+    against Dovecot 2.3.
+
+    @raise ValueError: C{format} has anything else, such as C{%m} (a digest of the headers).
+    """
+    pieces: list[bytes | _Variable] = []
+    position = 0
+    while (start := format.find("%", position)) != -1:
+        if start > position:
+            pieces.append(format[position:start].encode("ascii"))
+        if format.startswith("%%", start):
+            pieces.append(b"%")
+            position = start + 2
+            continue
+        match = _FORMAT_VARIABLE.match(format, start)
+        if match is None or ("X" in match.group(3) and match.group(4) in "fg"):
+            raise ValueError(
+                f"pop3_uidl_format {format!r}: popd reads %u, %v, %f, %g and %%, with a width "
+                f"and the modifiers L, U and X (X of %u and %v), not {format[start:]!r}"
+            )
+        zero, width, modifiers, key = match.groups()
+        pieces.append(_Variable(key, modifiers, int(width) if width else None, bool(zero)))
+        position = match.end()
+    if position < len(format):
+        pieces.append(format[position:].encode("ascii"))
+    return tuple(pieces)
+
+
+def _expand(format: _Format, uid: int, uidValidity: int, baseName: bytes, guid: bytes) -> bytes:
+    """
+    @return: the UIDL that Dovecot's C{pop3_uidl_format} C{format} gives a message.
+    """
+    values = {"u": b"%d" % (uid,), "v": b"%d" % (uidValidity,), "f": baseName, "g": guid}
+    expanded = []
+    for piece in format:
+        if isinstance(piece, bytes):
+            expanded.append(piece)
+            continue
+        value = values[piece.key]
+        for modifier in piece.modifiers:
+            if modifier == "X":
+                value = b"%x" % (int(value),)
+            elif modifier == "L":
+                value = value.lower()
+            else:
+                value = value.upper()
+        if piece.width is not None:
+            value = value.rjust(piece.width, b"0") if piece.zeroPadded else value[: piece.width]
+        expanded.append(value)
+    return b"".join(expanded)
 
 
 class LegacyFormatError(Exception):
@@ -74,7 +158,7 @@ def _validUidls(uidls: dict[str, bytes]) -> tuple[dict[str, bytes], int]:
     return valid, len(uidls) - len(valid)
 
 
-def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
+def _parseDovecot(data: bytes, format: _Format) -> tuple[dict[str, bytes], int]:
     """
     Parse a C{dovecot-uidlist} and compute the POP3 UIDL that Dovecot gave each message (R22).
 
@@ -87,10 +171,9 @@ def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
     counts, as for Dovecot.
 
     The UIDL is the record's C{P} extension when it has one (written by C{pop3_save_uidl}; when
-    empty it means the base name), else what Dovecot's default C{pop3_uidl_format},
-    C{%08Xu%08Xv}, gives: the UID then the UIDVALIDITY, each as at least 8 lower-case hex
-    digits (Dovecot's C{X} prints hex in lower case: C{000000016b02839d}).  A custom
-    C{pop3_uidl_format} cannot be known here.
+    empty it means the base name), else what C{format} gives (see L{compileFormat}).  Dovecot's
+    default, C{%08Xu%08Xv}, gives the UID then the UIDVALIDITY, each as at least 8 lower-case
+    hex digits (Dovecot's C{X} prints hex in lower case: C{000000016b02839d}).
 
     @return: the UIDL of each base name, leaving out those POP3 does not allow, and how many
         were left out.
@@ -129,6 +212,7 @@ def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
         previous = uid
         rest = rest.lstrip(b" ")
         pop3: bytes | None = None
+        guid: bytes | None = None
         if version == 3:
             while rest and not rest.startswith(b":"):
                 field, _, rest = rest.partition(b" ")
@@ -137,6 +221,8 @@ def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
                     raise LegacyFormatError(number, "bad extension field")
                 if field[:1] == b"P" and pop3 is None:
                     pop3 = field[1:]
+                elif field[:1] == b"G" and guid is None:
+                    guid = field[1:]
             if not rest:
                 raise LegacyFormatError(number, "no file name")
             rest = rest[1:]
@@ -144,7 +230,7 @@ def _parseDovecot(data: bytes) -> tuple[dict[str, bytes], int]:
         if not baseName or b"/" in rest:
             raise LegacyFormatError(number, "bad file name")
         if pop3 is None:
-            uidl = b"%08x%08x" % (uid, uidValidity)
+            uidl = _expand(format, uid, uidValidity, baseName, guid or baseName)
         else:
             uidl = pop3 or baseName
         uidls[_decodeName(baseName)] = uidl
@@ -198,22 +284,46 @@ def _parseCourier(data: bytes) -> tuple[dict[str, bytes], int]:
     return valid, skipped + invalid
 
 
-_PARSERS = {DOVECOT: _parseDovecot, COURIER: _parseCourier}
+def _server(source: str) -> tuple[str, _Format | None]:
+    """
+    @return: the server of the migration source C{source}, and the C{pop3_uidl_format} it
+        gives for Dovecot.
+    @raise ValueError: C{source} is none of those of this module's docstring.
+    """
+    server, colon, format = source.partition(":")
+    if server == COURIER and not colon:
+        return server, None
+    if server == DOVECOT:
+        return server, compileFormat(format if colon else _DOVECOT_DEFAULT_FORMAT)
+    raise ValueError(
+        f"Unknown UIDL migration {source!r}: use {DOVECOT!r}, {DOVECOT + ':FORMAT'!r} "
+        f"(its pop3_uidl_format) or {COURIER!r}"
+    )
 
 
 def checkSource(source: str | None) -> None:
     """
-    @raise ValueError: C{source} is not L{None}, C{"dovecot"} or C{"courier"}.
+    @raise ValueError: C{source} is not L{None} nor a migration source (see this module).
     """
-    if source is not None and source not in FILES:
-        raise ValueError(f"Unknown UIDL migration {source!r}: use {DOVECOT!r} or {COURIER!r}")
+    if source is not None:
+        _server(source)
+
+
+def fileOf(source: str) -> str:
+    """
+    @return: the name of the file that the server of C{source} keeps in the Maildir root.
+    """
+    return FILES[_server(source)[0]]
 
 
 def parse(source: str, data: bytes) -> tuple[dict[str, bytes], int]:
     """
-    Parse the content of the file of C{source} (C{"dovecot"} or C{"courier"}).
+    Parse the content of the file of the server of C{source}.
 
     @return: the UIDL of each base name, and how many records were left out.
     @raise LegacyFormatError: the file is not as its server writes it.
     """
-    return _PARSERS[source](data)
+    server, format = _server(source)
+    if format is None:
+        return _parseCourier(data)
+    return _parseDovecot(data, format)

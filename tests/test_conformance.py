@@ -316,6 +316,11 @@ class DovecotTests(TestCase):
         "R32.noArguments",
     }
 
+    #: The pop3_uidl_format of Dovecot in a test, by test name, when not Dovecot's default.
+    UIDL_FORMATS: ClassVar[dict[str, str]] = {
+        "test_uidlMigrationFormat": "%v-%Ug.%04Xu-%3f%%",
+    }
+
     def setUp(self) -> None:
         if not os.path.exists(DOVECOT):
             self.skipTest(f"{DOVECOT} is not installed (Debian package dovecot-pop3d)")
@@ -389,6 +394,7 @@ auth_mechanisms = plain login cram-md5 apop
 # Failed logins are answered at once: the suite tries a few on purpose.
 auth_failure_delay = 0
 mail_location = maildir:{mail.path}/%u/Maildir
+pop3_uidl_format = {self.UIDL_FORMATS.get(self._testMethodName, "%08Xu%08Xv")}
 passdb {{
   driver = passwd-file
   args = {passwd.path}
@@ -453,6 +459,20 @@ service anvil {{
         served the UIDL that Dovecot gave it, read from the C{dovecot-uidlist} Dovecot wrote
         (R22): Dovecot's default format, in the hex digits Dovecot prints.
         """
+        await self._checkMigration("dovecot")
+
+    async def test_uidlMigrationFormat(self) -> None:
+        """
+        With C{uidlMigration="dovecot:FORMAT"}, the UIDLs are those of Dovecot configured with
+        that C{pop3_uidl_format}: variables, modifiers, widths and literal text as Dovecot reads
+        them (R22).
+        """
+        await self._checkMigration("dovecot:" + self.UIDL_FORMATS["test_uidlMigrationFormat"])
+
+    async def _checkMigration(self, source: str) -> None:
+        """
+        Assert that popd, migrating from C{source}, lists the UIDLs Dovecot lists.
+        """
 
         def dovecotUidls() -> list[bytes]:
             client = poplib.POP3(HOST, self.port, timeout=10)
@@ -465,7 +485,7 @@ service anvil {{
         theirs = await deferToThread(dovecotUidls)
         copy = FilePath(self.mktemp())
         shutil.copytree(self.directory.descendant(["mail", MAIN, "Maildir"]).path, copy.path)
-        drop = openMaildir(copy.path, uidlMigration="dovecot")
+        drop = openMaildir(copy.path, uidlMigration=source)
         try:
             ours = [info.uidl for info in self.successResultOf(drop.listing())]
         finally:

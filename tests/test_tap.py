@@ -944,10 +944,14 @@ class UIDLMigrationOptionTests(SynchronousTestCase):
 
     def test_option(self) -> None:
         files = _Files(FilePath(self.mktemp()))
-        for source in ("dovecot", "courier"):
+        for source in ("dovecot", "dovecot:%v.%u", "courier"):
             options = _parse(*files.store(), "--uidl-migration", source)
             self.assertEqual(options["realm"]._uidlMigration, source)
-        self.assertRaises(usage.UsageError, _parse, *files.store(), "--uidl-migration", "cyrus")
+        for source in ("cyrus", "dovecot:%m"):
+            error = self.assertRaises(
+                usage.UsageError, _parse, *files.store(), "--uidl-migration", source
+            )
+            self.assertIn(repr(source.partition(":")[2] or source), str(error))
 
 
 def _children(pid: int) -> list[int]:
