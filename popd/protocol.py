@@ -59,7 +59,6 @@ CHUNK_SIZE = 64 * 1024
 #: The languages of response texts (RFC 6856 LANG): tag and description.
 LANGUAGES = {b"en": b"English"}
 
-# The values of C{LIST} and C{UIDL} lines.
 # The columns of a listing that LIST and UIDL answer with.
 _SIZES: Callable[[Listing], Sequence[object]] = attrgetter("sizes")
 _UIDLS: Callable[[Listing], Sequence[object]] = attrgetter("uidls")
@@ -322,18 +321,20 @@ class _Transaction:
         self.highestAccessed = 0
 
     def delete(self, index: int) -> None:
-        deleted = self.deleted
-        if not isinstance(deleted, set):
-            deleted = self.deleted = set()
-        deleted.add(index)
-        self.highestAccessed = max(self.highestAccessed, index + 1)
+        self.deleted = self._marked(self.deleted, index)
 
     def retrieve(self, index: int) -> None:
-        retrieved = self.retrieved
-        if not isinstance(retrieved, set):
-            retrieved = self.retrieved = set()
-        retrieved.add(index)
+        self.retrieved = self._marked(self.retrieved, index)
+
+    def _marked(self, marks: AbstractSet[int], index: int) -> set[int]:
+        """
+        @return: C{marks} with C{index} added: the same set once it is one of this session's.
+        """
+        if not isinstance(marks, set):
+            marks = set()
+        marks.add(index)
         self.highestAccessed = max(self.highestAccessed, index + 1)
+        return marks
 
     def reset(self) -> None:
         self.deleted = _NO_MARKS
