@@ -93,33 +93,31 @@ def _measureBatch(names: Sequence[str], directoryFD: int) -> list[int]:
     """
     L{measureMany} for as many messages as may be open at once.
     """
-    opened: list[int] = []
     sizes = [UNREAD] * len(names)
+    # The position and descriptor of each message opened.
+    opened: list[tuple[int, int]] = []
     try:
-        for name in names:
+        for position, name in enumerate(names):
             try:
-                opened.append(openMessage(name, directoryFD))
+                opened.append((position, openMessage(name, directoryFD)))
             except OSError as error:
                 if error.errno in _OUT_OF_DESCRIPTORS:
                     # The others would fail the same way: they are left unread.
                     break
-                opened.append(UNREAD)
-        readable = [fd for fd in opened if fd != UNREAD]
         if _advise is not None:
-            for fd in readable:
+            for _, fd in opened:
                 try:
                     _advise(fd, 0, _READ_AHEAD, _WILL_NEED)
                 except OSError:
                     # Only a hint: not one for this kind of file.
                     pass
-        for position, fd in enumerate(opened):
-            if fd != UNREAD:
-                try:
-                    sizes[position] = _sizeOf(fd)
-                except OSError:
-                    pass
+        for position, fd in opened:
+            try:
+                sizes[position] = _sizeOf(fd)
+            except OSError:
+                pass
     finally:
-        _closeAll([fd for fd in opened if fd != UNREAD])
+        _closeAll([fd for _, fd in opened])
     return sizes
 
 
